@@ -1,0 +1,31 @@
+# The README's two commands: `make serve` and `make test`. Both start with an idempotent install.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+CHECKPOINTS ?= checkpoints
+MODELS ?= models
+
+.PHONY: install test serve models clean
+
+install: $(VENV)/.installed
+
+# Re-runs only when pyproject.toml changes; the stamp is written last, so a failed install retries.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest
+
+models: install
+	@echo "default models: not yet defined"
+
+serve: models
+	@echo "the service does not exist yet: models are in $(MODELS)/"
+
+clean:
+	rm -rf $(VENV) build *.egg-info

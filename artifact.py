@@ -1,0 +1,180 @@
+"""The artifact contract: what checkpoints and exported ONNX files say about themselves.
+
+Training writes a `Preprocessing` into every checkpoint; resnet-export copies it, with the rest of a
+`ModelCard`, into the ONNX file's `metadata_props`; resnet-serve reads the card back through ONNX
+Runtime (`session.get_modelmeta().custom_metadata_map`). This module imports neither torch nor onnx,
+so the exporter and the torch-free service share one definition and nothing downstream hard-codes a
+mean, a std, a size or a label list.
+
+Every value in `metadata_props` is a string: scalars are written as text, lists and the
+preprocessing as JSON. Reading checks every key and names the one that is missing or malformed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from typing import Mapping
+
+FORMAT_VERSION = 1  # bump when a key changes meaning; readers refuse newer versions
+PREFIX = "resnet_serving."  # namespaces our keys among other tools' metadata_props
+PRECISIONS = ("fp32", "fp16", "int8")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+
+
+class ArtifactError(ValueError):
+    """A checkpoint or model file does not follow this contract; the message names the problem."""
+
+
+def depth_of(arch: str) -> int:
+    """The layer count in an architecture name: 'resnet152' -> 152, 'plain20' -> 20."""
+    match = re.fullmatch(r"(?:resnet|plain)(\d+)", arch)
+    if not match:
+        raise ArtifactError(f"arch {arch!r} is not of the form resnetN or plainN")
+    return int(match.group(1))
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes the network's input: torchvision's Resize(resize_size) on the shorter
+    side, CenterCrop(input_size), ToTensor, Normalize(mean, std), on RGB images."""
+
+    input_size: int  # side of the square center crop fed to the network, in pixels
+    resize_size: int  # the shorter side after resizing, before the crop, in pixels
+    mean: tuple[float, float, float]  # per-channel RGB mean of pixels scaled to [0, 1]
+    std: tuple[float, float, float]  # per-channel RGB standard deviation, same scale
+    interpolation: str = "bilinear"  # PIL resampling filter used by the resize
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.input_size, int) and self.input_size > 0):
+            raise ArtifactError(f"input_size must be a positive int, got {self.input_size!r}")
+        if not (isinstance(self.resize_size, int) and self.resize_size >= self.input_size):
+            raise ArtifactError(
+                f"resize_size must be an int >= input_size ({self.input_size}), got {self.resize_size!r}"
+            )
+        for field, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) != 3 or not all(isinstance(v, (int, float)) for v in values):
+                raise ArtifactError(f"{field} must be three numbers (R, G, B), got {values!r}")
+        if not all(v > 0 for v in self.std):
+            raise ArtifactError(f"std must be positive, got {self.std!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ArtifactError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+
+    def to_dict(self) -> dict:
+        """Plain types only, so it fits in a weights-only checkpoint and in JSON."""
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Preprocessing:
+        """The inverse of to_dict; unknown or missing keys are an error."""
+        if not isinstance(data, Mapping):
+            raise ArtifactError(f"preprocessing must be a mapping, got {type(data).__name__}")
+        expected = {"input_size", "resize_size", "mean", "std", "interpolation"}
+        if set(data) - expected or not {"input_size", "resize_size", "mean", "std"} <= set(data):
+            raise ArtifactError(f"preprocessing keys must be {sorted(expected)}, got {sorted(data)}")
+        return cls(**{**data, "mean": tuple(data["mean"]), "std": tuple(data["std"])})
+
+    @classmethod
+    def for_input_size(cls, input_size: int, mean, std, interpolation: str = "bilinear") -> Preprocessing:
+        """torchvision's evaluation recipe: resize to input_size / 0.875 (256 for 224), then crop."""
+        return cls(input_size, int(round(input_size / 0.875)), tuple(mean), tuple(std), interpolation)
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything the service needs to know about one exported model, stored inside the file."""
+
+    name: str  # the served name, e.g. "resnet152" or "resnet18-int8"
+    arch: str  # the builder that made the network, e.g. "resnet152"
+    num_classes: int  # length of the logits vector
+    class_ids: tuple[str, ...]  # dataset ids in logit order, e.g. WordNet ids "n01440764"
+    class_names: tuple[str, ...]  # human-readable labels in logit order
+    preprocessing: Preprocessing
+    precision: str  # one of PRECISIONS: the weights' and compute's number format
+    source_sha256: str  # sha256 of the checkpoint file this was exported from
+    val_top1: float | None  # the checkpoint's last validation top-1 accuracy, percent
+    val_top5: float | None  # the checkpoint's last validation top-5 accuracy, percent
+    torch_version: str  # torch that exported the graph
+    onnx_version: str  # onnx that checked the graph
+    exported_at: str  # ISO 8601 UTC time of the export
+    input_name: str = "input"  # graph input: float32 [batch, 3, input_size, input_size]
+    output_name: str = "logits"  # graph output: float32 [batch, num_classes]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "class_ids", tuple(self.class_ids))
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+        if len(self.class_ids) != self.num_classes or len(self.class_names) != self.num_classes:
+            raise ArtifactError(
+                f"num_classes is {self.num_classes} but there are {len(self.class_ids)} class ids "
+                f"and {len(self.class_names)} class names"
+            )
+        if self.precision not in PRECISIONS:
+            raise ArtifactError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        depth_of(self.arch)
+
+    @property
+    def depth(self) -> int:
+        return depth_of(self.arch)
+
+    def to_metadata(self) -> dict[str, str]:
+        """The ONNX metadata_props entries, every value a string."""
+        values = {
+            "format_version": str(FORMAT_VERSION),
+            "name": self.name,
+            "arch": self.arch,
+            "depth": str(self.depth),
+            "num_classes": str(self.num_classes),
+            "class_ids": json.dumps(list(self.class_ids)),
+            "class_names": json.dumps(list(self.class_names)),
+            "preprocessing": json.dumps(self.preprocessing.to_dict()),
+            "precision": self.precision,
+            "source_sha256": self.source_sha256,
+            "val_top1": json.dumps(self.val_top1),
+            "val_top5": json.dumps(self.val_top5),
+            "torch_version": self.torch_version,
+            "onnx_version": self.onnx_version,
+            "exported_at": self.exported_at,
+            "input_name": self.input_name,
+            "output_name": self.output_name,
+        }
+        return {PREFIX + key: value for key, value in values.items()}
+
+    @classmethod
+    def from_metadata(cls, props: Mapping[str, str]) -> ModelCard:
+        """Read a card back from metadata_props; raises ArtifactError naming the bad key."""
+
+        def get(key: str) -> str:
+            if PREFIX + key not in props:
+                raise ArtifactError(f"model metadata lacks {PREFIX + key!r}: not exported by resnet-export?")
+            return props[PREFIX + key]
+
+        def parse(key: str, convert):
+            raw = get(key)
+            try:
+                return convert(raw)
+            except (ValueError, TypeError, json.JSONDecodeError) as error:
+                raise ArtifactError(f"model metadata {PREFIX + key!r} is malformed: {raw[:80]!r}") from error
+
+        version = parse("format_version", int)
+        if version > FORMAT_VERSION:
+            raise ArtifactError(f"model metadata format {version} is newer than this reader ({FORMAT_VERSION})")
+        return cls(
+            name=get("name"),
+            arch=get("arch"),
+            num_classes=parse("num_classes", int),
+            class_ids=parse("class_ids", json.loads),
+            class_names=parse("class_names", json.loads),
+            preprocessing=Preprocessing.from_dict(parse("preprocessing", json.loads)),
+            precision=get("precision"),
+            source_sha256=get("source_sha256"),
+            val_top1=parse("val_top1", json.loads),
+            val_top5=parse("val_top5", json.loads),
+            torch_version=get("torch_version"),
+            onnx_version=get("onnx_version"),
+            exported_at=get("exported_at"),
+            input_name=get("input_name"),
+            output_name=get("output_name"),
+        )
