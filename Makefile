@@ -7,7 +7,7 @@ PORT ?= 8000
 CHECKPOINTS ?= checkpoints
 MODELS ?= models
 
-.PHONY: install test serve models clean
+.PHONY: install test serve models bench clean
 
 install: $(VENV)/.installed
 
@@ -21,11 +21,19 @@ $(VENV)/.installed: pyproject.toml
 test: install
 	$(BIN)/python -m pytest
 
+# --- default models: trained on the synthetic set, reused when present ------------------------
+# (the install is order-only, so a reinstall does not retrain)
+# owner: training (recipes) and export (the ONNX rules)
+
 models: install
 	@echo "default models: not yet defined"
 
+# --- serving and benchmarks ---------------------------------------------------------------------
 serve: models
 	@echo "the service does not exist yet: models are in $(MODELS)/"
+
+bench: models
+	@echo "the benchmark does not exist yet"
 
 clean:
 	rm -rf $(VENV) build *.egg-info
