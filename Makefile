@@ -37,3 +37,16 @@ bench: models
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# --- installs the container images run (deploy/docker/): the same targets here and there ---------
+# owner: deploy. `install-serve` is the base install, no torch; `install-serve-gpu` adds the CUDA
+# and cuDNN wheels of onnxruntime-gpu; `install-train` adds torch. Each goes into the venv INTO.
+INTO ?= build/venv
+IMAGE_INSTALLS := install-serve install-serve-gpu install-train
+.PHONY: $(IMAGE_INSTALLS)
+install-serve: EXTRAS :=
+install-serve-gpu: EXTRAS := [gpu]
+install-train: EXTRAS := [train]
+$(IMAGE_INSTALLS):
+	test -x $(INTO)/bin/python || $(PYTHON) -m venv $(INTO)
+	$(INTO)/bin/python -m pip install --no-cache-dir '.$(EXTRAS)'
