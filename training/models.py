@@ -1,0 +1,83 @@
+"""The networks of He et al. (arXiv 1512.03385): ImageNet ResNets and plain nets (sec. 4.1, Table 1)
+and the CIFAR-10 ResNets and plain nets (sec. 4.2, training.cifar_models).
+
+The ImageNet ResNets *are* torchvision's (`torchvision.models.resnet`), so a state dict trained here
+loads unchanged into `torchvision.models.resnetNN` and torchvision's published weights load here.
+torchvision's Bottleneck puts the stride on the 3x3 conv ("ResNet v1.5"), the paper on the first
+1x1; this costs ~0.3 G multiply-adds more for resnet50 (4.1 G vs Table 1's 3.8 G) and is the variant
+torchvision's weights were trained with.
+
+    from training import models
+    net = models.build("resnet152", num_classes=10, zero_init_residual=True)
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from training import cifar_models
+
+
+class PlainBlock(BasicBlock):
+    """BasicBlock without its shortcut: the paper's 'plain' baseline (sec. 3.3, Fig. 3 middle)."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None, *args, **kwargs):
+        # ResNet._make_layer offers a projection for the shortcut; a plain net has no shortcut.
+        super().__init__(inplanes, planes, stride, None, *args, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)))
+
+
+def _imagenet(block: type[nn.Module], layers: list[int]) -> Callable[..., nn.Module]:
+    def builder(num_classes: int, zero_init_residual: bool = False) -> nn.Module:
+        # A plain net has no residual branch to zero: zeroing its bn2 would cut the signal path.
+        zero_init = zero_init_residual and block is not PlainBlock
+        return ResNet(block, layers, num_classes=num_classes, zero_init_residual=zero_init)
+
+    return builder
+
+
+# Table 1 of the paper: the list of builders is the architecture table.
+IMAGENET_ARCHS: dict[str, Callable[..., nn.Module]] = {
+    "resnet18": _imagenet(BasicBlock, [2, 2, 2, 2]),
+    "resnet34": _imagenet(BasicBlock, [3, 4, 6, 3]),
+    "resnet50": _imagenet(Bottleneck, [3, 4, 6, 3]),
+    "resnet101": _imagenet(Bottleneck, [3, 4, 23, 3]),
+    "resnet152": _imagenet(Bottleneck, [3, 8, 36, 3]),
+    "plain18": _imagenet(PlainBlock, [2, 2, 2, 2]),
+    "plain34": _imagenet(PlainBlock, [3, 4, 6, 3]),
+}
+
+CIFAR_ARCHS: dict[str, Callable[..., nn.Module]] = cifar_models.ARCHS
+
+ARCHS: dict[str, Callable[..., nn.Module]] = {**IMAGENET_ARCHS, **CIFAR_ARCHS}
+
+
+def check_arch(arch: str) -> str:
+    """Return arch if it names a builder; otherwise ValueError listing the valid names."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; expected one of: {', '.join(ARCHS)}")
+    return arch
+
+
+def is_cifar(arch: str) -> bool:
+    """True for the paper's CIFAR-10 nets (native 32x32 input), False for the ImageNet nets."""
+    return check_arch(arch) in CIFAR_ARCHS
+
+
+def native_input_size(arch: str) -> int:
+    """The input side the arch was designed for: 32 for CIFAR nets, 224 for ImageNet nets."""
+    return 32 if is_cifar(arch) else 224
+
+
+def build(arch: str, num_classes: int, zero_init_residual: bool = False) -> nn.Module:
+    """A freshly initialised network; zero_init_residual zeroes each residual branch's last BN."""
+    if not (isinstance(num_classes, int) and num_classes >= 1):
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    return ARCHS[check_arch(arch)](num_classes, zero_init_residual=zero_init_residual)
