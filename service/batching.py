@@ -1,0 +1,156 @@
+"""Dynamic batching on plain asyncio: many requests' images, one inference.
+
+Modelled on Ray Serve's batching queue (a queue, an event, one future per item), with
+`loop.time()` (monotonic) for every delay, explicit start/close, a bounded queue and per-item
+deadlines. The only import from this project is the exception tree, which is plain Python.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Awaitable, Callable, Generic, Sequence, TypeVar
+
+from service.errors import DeadlineExceeded, Overloaded
+
+log = logging.getLogger("service.batching")
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class _Item:
+    __slots__ = ("payload", "future", "enqueued_at", "deadline")
+
+    def __init__(self, payload, future: asyncio.Future, enqueued_at: float, deadline: float) -> None:
+        self.payload = payload
+        self.future = future
+        self.enqueued_at = enqueued_at
+        self.deadline = deadline
+
+
+class Batcher(Generic[In, Out]):
+    """Gathers items submitted by many coroutines into calls of `run_batch(items) -> outputs`.
+
+    Contract: a batch starts once `max_batch_size` items wait, or once `max_delay_s` has passed since
+    the oldest waiting item arrived, whichever is first; a batch is never empty and one batch runs at
+    a time (items arriving meanwhile form the next one). Items from one `submit` keep their order and
+    may span batches. `run_batch` must return one output per input; if it raises, or returns the wrong
+    count, exactly the callers in that batch get the error. At most `queue_size` items wait: a
+    `submit` that would exceed it raises `Overloaded` at once. An item whose deadline has passed
+    before its batch starts fails with `DeadlineExceeded`; one whose caller gave up is skipped.
+    """
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[In]], Awaitable[Sequence[Out]]],
+        max_batch_size: int,
+        max_delay_s: float,
+        queue_size: int,
+        on_batch: Callable[[list[float]], None] | None = None,
+        name: str = "batcher",
+    ) -> None:
+        if max_batch_size < 1 or queue_size < 1 or max_delay_s < 0:
+            raise ValueError(
+                f"need max_batch_size >= 1, queue_size >= 1, max_delay_s >= 0; "
+                f"got {max_batch_size}, {queue_size}, {max_delay_s}"
+            )
+        self.run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.queue_size = queue_size
+        self.on_batch = on_batch  # called with each item's queue wait (seconds) as a batch starts
+        self.name = name
+        self._queue: deque[_Item] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._closing = False
+
+    @property
+    def pending(self) -> int:
+        """Items waiting for a batch (not counting the batch that is running)."""
+        return len(self._queue)
+
+    def start(self) -> None:
+        """Start the batching loop on the running event loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"{self.name}-loop")
+
+    async def close(self) -> None:
+        """Refuse new items, run the ones already queued, then stop the loop."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    async def submit(self, payloads: Sequence[In], deadline: float | None = None) -> list[Out]:
+        """Queue `payloads` and wait for their outputs, in order. `deadline` is a `loop.time()`."""
+        if self._closing or self._task is None:
+            raise Overloaded(f"{self.name} is not accepting work (shutting down)")
+        if len(self._queue) + len(payloads) > self.queue_size:
+            raise Overloaded(
+                f"{self.name} queue is full ({len(self._queue)} of {self.queue_size} images waiting)",
+                retry_after_s=1,
+            )
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        deadline = float("inf") if deadline is None else deadline
+        items = [_Item(p, loop.create_future(), now, deadline) for p in payloads]
+        self._queue.extend(items)
+        self._wake.set()
+        try:
+            return list(await asyncio.gather(*(item.future for item in items)))
+        except BaseException:
+            for item in items:  # the caller gave up (timeout, disconnect) or one item failed
+                item.future.cancel()
+            raise
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+            # Wait for a full batch, at most max_delay_s after the oldest item arrived: if a batch ran
+            # long, that moment has already passed and whatever waits goes at once.
+            if len(self._queue) < self.max_batch_size and not self._closing:
+                try:
+                    async with asyncio.timeout_at(self._queue[0].enqueued_at + self.max_delay_s):
+                        while len(self._queue) < self.max_batch_size and not self._closing:
+                            self._wake.clear()
+                            await self._wake.wait()
+                except TimeoutError:
+                    pass
+            batch = [self._queue.popleft() for _ in range(min(self.max_batch_size, len(self._queue)))]
+            await self._run(batch, loop.time())
+
+    async def _run(self, batch: list[_Item], started: float) -> None:
+        live = []
+        for item in batch:
+            if item.future.done():  # cancelled by a caller that gave up
+                continue
+            if started > item.deadline:
+                item.future.set_exception(DeadlineExceeded("the request's deadline passed while it was queued"))
+                continue
+            live.append(item)
+        if not live:
+            return
+        if self.on_batch is not None:
+            self.on_batch([started - item.enqueued_at for item in live])
+        try:
+            outputs = await self.run_batch([item.payload for item in live])
+            if len(outputs) != len(live):
+                raise RuntimeError(f"{self.name}: run_batch returned {len(outputs)} outputs for {len(live)} inputs")
+        except Exception as error:  # noqa: BLE001 - delivered to exactly this batch's callers
+            log.debug("batch of %d failed: %r", len(live), error)
+            for item in live:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            return
+        for item, output in zip(live, outputs):
+            if not item.future.done():
+                item.future.set_result(output)

@@ -1,0 +1,61 @@
+"""resnet-serve: serve a folder of exported models over HTTP.
+
+    resnet-serve --models models --host 127.0.0.1 --port 8000
+    RESNET_SERVE_MAX_BATCH_SIZE=16 resnet-serve --models models
+
+Uvicorn runs the app: it is the reference ASGI server Litestar documents, a single process whose
+event loop owns the batchers (a batch can only gather requests that reach the same process), and its
+SIGTERM handling is the drain we want: stop accepting, let in-flight requests finish (up to
+--drain-timeout-s), then run the lifespan shutdown, which drains the queues and closes the pools.
+Scale out with more processes or pods behind a load balancer, not with in-process workers.
+
+Models are loaded before the server starts, so a bad folder or file fails fast: one line on stderr,
+exit code 2. Warm-up runs after the port opens; /health/ready says 503 until it is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+
+from service import logs
+from service.app import create_app
+from service.config import ConfigError, parse
+from service.runtime import ModelLoadError, load_models
+
+log = logging.getLogger("service.cli")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags and environment, load the models, serve until SIGTERM or SIGINT."""
+    try:
+        config = parse(argv)
+    except ConfigError as error:
+        print(f"resnet-serve: {error}", file=sys.stderr)
+        return 2
+    logs.configure(config.log_level)
+    try:
+        models = load_models(config)
+    except ModelLoadError as error:
+        print(f"resnet-serve: {error}", file=sys.stderr)
+        return 2
+    log.info("starting", extra={"config": {k: str(v) for k, v in vars(config).items()}})
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config, models),
+            host=config.host,
+            port=config.port,
+            lifespan="on",
+            log_config=None,  # logs.configure() already routes uvicorn's loggers to JSON lines
+            access_log=False,  # the app's RequestContext logs each request, with its request id
+            timeout_graceful_shutdown=config.drain_timeout_s,
+        )
+    )
+    server.run()
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The service's one exception tree; app.py maps it, in one handler, to one JSON error shape.
+
+    {"error": {"status": 404, "code": "unknown_model", "message": "...", "request_id": "...", ...details}}
+
+Plain Python (no web framework), so the batcher and the preprocessing raise these directly.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """An error a client caused or must react to; `status` is its HTTP status, `code` a stable name."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None, **details) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+        self.details = details  # extra JSON members, e.g. the available models
+
+
+class BadImage(ServiceError):
+    """The bytes are not a decodable image (corrupt, truncated, empty, or no image part at all)."""
+
+    status, code = 400, "bad_image"
+
+
+class UnknownModel(ServiceError):
+    """The request names a model this process does not serve."""
+
+    status, code = 404, "unknown_model"
+
+
+class NotFound(ServiceError):
+    """No route at this path."""
+
+    status, code = 404, "not_found"
+
+
+class MethodNotAllowed(ServiceError):
+    status, code = 405, "method_not_allowed"
+
+
+class BodyTooLarge(ServiceError):
+    """The request body is over max_body_bytes."""
+
+    status, code = 413, "body_too_large"
+
+
+class TooManyPixels(ServiceError):
+    """An image's header announces more than max_pixels: refused before decoding (decompression bombs)."""
+
+    status, code = 413, "too_many_pixels"
+
+
+class TooManyImages(ServiceError):
+    """A multipart upload carries more than max_images files."""
+
+    status, code = 413, "too_many_images"
+
+
+class UnsupportedMediaType(ServiceError):
+    status, code = 415, "unsupported_media_type"
+
+
+class InvalidParameter(ServiceError):
+    """A query or path parameter is out of range or of the wrong type."""
+
+    status, code = 422, "invalid_parameter"
+
+
+class Overloaded(ServiceError):
+    """A model's bounded queue is full; the client should retry after Retry-After seconds."""
+
+    status, code = 503, "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int = 1, **details) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, int(retry_after_s)))}, **details)
+
+
+class NotReady(ServiceError):
+    """The models are still loading or warming up."""
+
+    status, code = 503, "not_ready"
+
+    def __init__(self, message: str = "the models are still warming up", **details) -> None:
+        super().__init__(message, headers={"Retry-After": "1"}, **details)
+
+
+class DeadlineExceeded(ServiceError):
+    """A request waited past request_timeout_s (queued behind others, or a slow inference)."""
+
+    status, code = 504, "deadline_exceeded"
+
+
+class InferenceFailed(ServiceError):
+    """ONNX Runtime raised while running a batch; every request in that batch gets this."""
+
+    status, code = 500, "inference_failed"
+
+
+def error_body(error: ServiceError, request_id: str | None) -> dict:
+    """The JSON body of an error response: the one shape every error takes."""
+    return {
+        "error": {
+            "status": error.status,
+            "code": error.code,
+            "message": error.message,
+            "request_id": request_id,
+            **error.details,
+        }
+    }

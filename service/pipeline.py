@@ -1,0 +1,153 @@
+"""The serving pipeline behind the HTTP layer: admission, decode pool, per-model batcher, inference.
+
+    bytes --decode pool (threads)--> [3,S,S] arrays --Batcher--> one ORT run per batch --> probabilities
+
+Nothing here runs image or tensor work on the event loop: decoding and preprocessing run in a shared
+bounded thread pool, inference in one thread per model (Pillow and ONNX Runtime release the GIL),
+and the loop only moves arrays and futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from service import preprocess
+from service.batching import Batcher
+from service.config import ServeConfig
+from service.errors import InferenceFailed, Overloaded, ServiceError
+from service.metrics import Metrics
+from service.runtime import LoadedModel
+
+log = logging.getLogger("service.pipeline")
+
+
+def _prepare(data: bytes, prep, max_pixels: int) -> tuple[np.ndarray, float]:
+    started = time.perf_counter()
+    return preprocess.prepare(data, prep, max_pixels), time.perf_counter() - started
+
+
+class ModelPipeline:
+    """One model's path from image bytes to probabilities, with its bounded admission."""
+
+    def __init__(self, model: LoadedModel, config: ServeConfig, decode_pool: ThreadPoolExecutor, metrics: Metrics) -> None:
+        self.model = model
+        self.config = config
+        self.decode_pool = decode_pool
+        self.metrics = metrics
+        # One thread: the batcher runs one batch at a time, and ORT parallelises inside the run.
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{model.name}")
+        self.batcher: Batcher[np.ndarray, np.ndarray] = Batcher(
+            self._run_batch, config.max_batch_size, config.max_delay_s, config.queue_size, self._on_batch, model.name
+        )
+        self.inflight = 0  # images admitted and not yet answered: decoding, queued or in a batch
+        self.batch_seconds = 0.0  # moving average of one batch's inference time, for Retry-After
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    async def warm_up(self) -> float:
+        """Warm-up runs for batch 1 and the largest batch, off the loop; returns seconds taken."""
+        sizes = tuple(sorted({1, self.config.max_batch_size}))
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self.model.warm_up, sizes, self.config.warmup_runs)
+
+    async def classify(self, payloads: list[bytes], deadline: float) -> list[np.ndarray]:
+        """Probabilities for each image, in order. Raises ServiceError subclasses for the client."""
+        count = len(payloads)
+        if self.inflight + count > self.config.queue_size:
+            batches_ahead = math.ceil(self.inflight / self.config.max_batch_size)
+            raise Overloaded(
+                f"model {self.model.name!r} is at capacity ({self.inflight} of {self.config.queue_size} images in flight)",
+                retry_after_s=math.ceil(batches_ahead * self.batch_seconds),
+            )
+        self.inflight += count
+        try:
+            arrays = await self._decode(payloads)
+            return await self.batcher.submit(arrays, deadline)
+        finally:
+            self.inflight -= count
+
+    async def _decode(self, payloads: list[bytes]) -> list[np.ndarray]:
+        loop = asyncio.get_running_loop()
+        prep, limit = self.model.card.preprocessing, self.config.max_pixels
+        jobs = [loop.run_in_executor(self.decode_pool, _prepare, data, prep, limit) for data in payloads]
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        arrays = []
+        for index, result in enumerate(results):
+            if isinstance(result, BaseException):
+                if isinstance(result, ServiceError) and len(payloads) > 1:
+                    result.message = f"image {index + 1} of {len(payloads)}: {result.message}"
+                    result.details["image"] = index
+                    result.args = (result.message,)
+                raise result
+            array, seconds = result
+            self.metrics.preprocess.observe(seconds, self.model.name)
+            arrays.append(array)
+        return arrays
+
+    def _infer(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, float]:
+        started = time.perf_counter()
+        return self.model.probabilities(np.stack(arrays)), time.perf_counter() - started
+
+    async def _run_batch(self, arrays: list[np.ndarray]) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        try:
+            probabilities, seconds = await loop.run_in_executor(self.executor, self._infer, arrays)
+        except Exception as error:  # noqa: BLE001 - ORT's errors become this batch's 500s
+            log.exception("inference failed for a batch of %d", len(arrays), extra={"model": self.model.name})
+            raise InferenceFailed(f"inference failed for model {self.model.name!r}: {type(error).__name__}") from error
+        self.batch_seconds = seconds if not self.batch_seconds else 0.8 * self.batch_seconds + 0.2 * seconds
+        self.metrics.inference.observe(seconds, self.model.name)
+        self.metrics.batch_size.observe(len(arrays), self.model.name)
+        self.metrics.images.inc(self.model.name, amount=len(arrays))
+        return probabilities
+
+    def _on_batch(self, waits: list[float]) -> None:
+        for wait in waits:
+            self.metrics.queue_wait.observe(wait, self.model.name)
+
+    async def close(self) -> None:
+        """Run what is queued, then stop the batcher and the inference thread."""
+        await self.batcher.close()
+        self.executor.shutdown(wait=True)
+
+
+class Service:
+    """Every model's pipeline, the shared decode pool, the metrics and the readiness flag."""
+
+    def __init__(self, config: ServeConfig, models: dict[str, LoadedModel]) -> None:
+        self.config = config
+        self.models = models
+        self.metrics = Metrics(lambda: {(name, ): p.inflight for name, p in self.pipelines.items()})
+        self.decode_pool = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="decode")
+        self.pipelines = {name: ModelPipeline(m, config, self.decode_pool, self.metrics) for name, m in models.items()}
+        self.ready = False
+        self._warm_task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        """Start the batchers and, in the background, the warm-up that makes the service ready."""
+        for pipeline in self.pipelines.values():
+            pipeline.start()
+        self._warm_task = asyncio.get_running_loop().create_task(self._warm_up(), name="warm-up")
+
+    async def _warm_up(self) -> None:
+        for name, pipeline in self.pipelines.items():
+            seconds = await pipeline.warm_up()
+            log.info("warmed up %s in %.2f s", name, seconds, extra={"model": name})
+        self.ready = True
+        log.info("ready: serving %s", ", ".join(self.pipelines), extra={"models": list(self.pipelines)})
+
+    async def close(self) -> None:
+        """Stop warming up, drain every batcher, release the thread pools."""
+        if self._warm_task is not None and not self._warm_task.done():
+            self._warm_task.cancel()
+            await asyncio.gather(self._warm_task, return_exceptions=True)
+        for pipeline in self.pipelines.values():
+            await pipeline.close()
+        self.decode_pool.shutdown(wait=True)

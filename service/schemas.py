@@ -1,0 +1,110 @@
+"""The JSON bodies the service answers with, as msgspec Structs (also the OpenAPI schema at /schema)."""
+
+from __future__ import annotations
+
+import msgspec
+import numpy as np
+
+from artifact import ModelCard
+
+
+class Prediction(msgspec.Struct):
+    label: str  # human-readable class name
+    class_id: str  # dataset id, e.g. a WordNet id "n01440764"
+    class_index: int  # position in the model's logits
+    probability: float  # softmax probability, 0..1
+
+
+class Classification(msgspec.Struct):
+    """The answer for one image."""
+
+    model: str
+    predictions: list[Prediction]  # top_k, highest probability first
+
+
+class ImageResult(msgspec.Struct):
+    predictions: list[Prediction]
+
+
+class BatchClassification(msgspec.Struct):
+    """The answer for several images in one multipart upload, in upload order."""
+
+    model: str
+    results: list[ImageResult]
+
+
+class ClassInfo(msgspec.Struct):
+    class_index: int
+    class_id: str
+    label: str
+
+
+class ModelInfo(msgspec.Struct):
+    name: str
+    arch: str
+    depth: int
+    num_classes: int
+    input_size: int  # side of the square network input, pixels
+    resize_size: int  # shorter side before the center crop, pixels
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+    precision: str  # fp32, fp16 or int8
+    providers: list[str]  # ONNX Runtime execution providers in use, in order
+    source_sha256: str  # checksum of the checkpoint it was exported from
+    val_top1: float | None  # recorded validation accuracy, percent
+    val_top5: float | None
+    exported_at: str
+    default: bool  # whether requests that name no model get this one
+
+
+class ModelDetail(ModelInfo):
+    classes: list[ClassInfo]  # in logit order
+
+
+class ModelList(msgspec.Struct):
+    default_model: str
+    models: list[ModelInfo]
+
+
+class Health(msgspec.Struct):
+    status: str  # "live", "ready" or "warming_up"
+    models: dict[str, bool]  # name -> warmed up
+
+
+class ErrorDetail(msgspec.Struct):
+    status: int
+    code: str  # stable machine-readable name, e.g. "unknown_model"
+    message: str
+    request_id: str | None
+
+
+class ErrorBody(msgspec.Struct):
+    """Every error's shape (more members may follow `message`, e.g. `available` for unknown_model)."""
+
+    error: ErrorDetail
+
+
+def top_k(card: ModelCard, probabilities: np.ndarray, k: int) -> list[Prediction]:
+    """The k most probable classes, highest first; ties go to the lower class index."""
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return [
+        Prediction(card.class_names[i], card.class_ids[i], int(i), float(probabilities[i]))
+        for i in order.tolist()
+    ]
+
+
+def model_info(card: ModelCard, providers, default: bool, detail: bool = False) -> ModelInfo:
+    """A model's public description; with detail, its class list too."""
+    prep = card.preprocessing
+    fields = dict(
+        name=card.name, arch=card.arch, depth=card.depth, num_classes=card.num_classes,
+        input_size=prep.input_size, resize_size=prep.resize_size, mean=prep.mean, std=prep.std,
+        interpolation=prep.interpolation, precision=card.precision, providers=list(providers),
+        source_sha256=card.source_sha256, val_top1=card.val_top1, val_top5=card.val_top5,
+        exported_at=card.exported_at, default=default,
+    )  # fmt: skip
+    if not detail:
+        return ModelInfo(**fields)
+    classes = [ClassInfo(i, cid, name) for i, (cid, name) in enumerate(zip(card.class_ids, card.class_names))]
+    return ModelDetail(**fields, classes=classes)
