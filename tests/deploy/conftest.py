@@ -15,7 +15,6 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 # Every kustomization a user applies; base is rendered too, on its own, as overlays build on it.
 KUSTOMIZATIONS = ("k8s/base", "k8s/overlays/cpu", "k8s/overlays/gpu", "k8s/training")
-KUBERNETES_VERSION = "1.37"  # the newest schema set kubernetes-validate 1.37 ships
 
 
 def find_tool(name: str) -> str:
