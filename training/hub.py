@@ -65,7 +65,7 @@ def import_torchvision(arch: str, weights_name: str, out: str | os.PathLike, com
         "metrics": {"epoch": None, "step": None, "val_top1": published["acc@1"], "val_top5": published["acc@5"]},
         "model": model.state_dict(),
         "provenance": {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                       "torch": torch.__version__, "torchvision": torchvision.__version__,
+                       "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
                        "command": command, "host": os.uname().nodename},
     }
     return checkpoint.save(payload, Path(out) / "checkpoint.pt")

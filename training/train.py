@@ -209,7 +209,7 @@ def _run(config: TrainConfig, resume, command: str, world: _Dist) -> Path:
                             "scaler": scaler.state_dict(), "rng": _rng_state(), "step": step,
                             "epoch": step // steps_per_epoch},
             "provenance": {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                           "torch": torch.__version__, "torchvision": torchvision.__version__,
+                           "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
                            "host": socket.gethostname(), "command": command or " ".join(sys.argv),
                            "world_size": world.world, "device": device.type},
         }
