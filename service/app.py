@@ -30,6 +30,7 @@ from service.runtime import LoadedModel
 log = logging.getLogger("service.app")
 access_log = logging.getLogger("service.access")
 
+DEFAULT_TOP_K = 5
 _REQUEST_ID = "resnet_serving.request_id"  # ASGI scope keys this module sets
 _LOG_FIELDS = "resnet_serving.log_fields"
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -57,7 +58,7 @@ def _pipeline(service: Service, name: str):
     return service.pipelines[name]
 
 
-async def _classify(request: Request, name: str | None, k: int) -> schemas.Classification | schemas.BatchClassification:
+async def _classify(request: Request, name: str | None, k: int | None) -> schemas.Classification | schemas.BatchClassification:
     started = asyncio.get_running_loop().time()
     service = _service(request)
     name = service.config.default_model if name is None else name
@@ -65,6 +66,7 @@ async def _classify(request: Request, name: str | None, k: int) -> schemas.Class
     try:
         pipeline = _pipeline(service, name)
         card = pipeline.model.card
+        k = min(DEFAULT_TOP_K, card.num_classes) if k is None else k
         if not 1 <= k <= card.num_classes:
             raise errors.InvalidParameter(f"top_k must be between 1 and {card.num_classes} for {name}, got {k}", parameter="top_k")
         if not service.ready:
@@ -97,7 +99,7 @@ async def _classify(request: Request, name: str | None, k: int) -> schemas.Class
     return schemas.BatchClassification(name, [schemas.ImageResult(schemas.top_k(card, row, k)) for row in rows])
 
 
-_TOP_K = Parameter(default=5, ge=1, description="how many classes to return, 1 to the model's class count")
+_TOP_K = Parameter(default=None, ge=1, description="classes to return, 1 to the model's class count (default 5, or all if fewer)")
 _CLASSIFY = dict(status_code=200, responses=_ERROR_RESPONSES, description=(
     "Body: one image as the raw body (Content-Type image/jpeg, image/png, ...), or multipart/form-data "
     "with one or more files. One image answers {model, predictions}; several answer {model, results}."
@@ -106,14 +108,14 @@ _CLASSIFY = dict(status_code=200, responses=_ERROR_RESPONSES, description=(
 
 @post("/classify", **_CLASSIFY)
 async def classify(
-    request: Request, model: str | None = Parameter(default=None, description="served model name"), top_k: int = _TOP_K
+    request: Request, model: str | None = Parameter(default=None, description="served model name"), top_k: int | None = _TOP_K
 ) -> schemas.Classification | schemas.BatchClassification:
     """Classify the posted image(s) with `model` (the configured default if absent)."""
     return await _classify(request, model, top_k)
 
 
 @post("/models/{name:str}/classify", **_CLASSIFY)
-async def classify_with(request: Request, name: str, top_k: int = _TOP_K) -> schemas.Classification | schemas.BatchClassification:
+async def classify_with(request: Request, name: str, top_k: int | None = _TOP_K) -> schemas.Classification | schemas.BatchClassification:
     """Classify the posted image(s) with the model in the path."""
     return await _classify(request, name, top_k)
 
@@ -166,8 +168,6 @@ def error_response(request: Request, exc: Exception) -> Response:
         error = errors.NotFound(f"no route for {request.method} {request.url.path}")
     elif isinstance(exc, MethodNotAllowedException):
         error = errors.MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
-    elif isinstance(exc, HTTPException) and exc.status_code == 413:
-        error = errors.BodyTooLarge(str(exc.detail))
     elif isinstance(exc, HTTPException):
         error = errors.ServiceError(str(exc.detail))
         error.status, error.code = exc.status_code, "http_error"
@@ -231,7 +231,9 @@ def create_app(config: ServeConfig, models: dict[str, LoadedModel]) -> Litestar:
         lifespan=[lifespan],
         exception_handlers={Exception: error_response},
         middleware=[RequestContext],
-        request_max_body_size=config.max_body_bytes,
+        # The classify routes enforce max_body_bytes themselves (uploads.py), with our error shape;
+        # no other route reads a body.
+        request_max_body_size=None,
         openapi_config=OpenAPIConfig(title="resnet-serve", version="0.1.0"),
         logging_config=None,  # logs.configure() owns logging: JSON lines
     )

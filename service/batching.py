@@ -90,6 +90,9 @@ class Batcher(Generic[In, Out]):
         if self._closing or self._task is None:
             raise Overloaded(f"{self.name} is not accepting work (shutting down)")
         if len(self._queue) + len(payloads) > self.queue_size:
+            # Items whose callers gave up still sit in the deque until a batch skips them: drop them first.
+            self._queue = deque(item for item in self._queue if not item.future.done())
+        if len(self._queue) + len(payloads) > self.queue_size:
             raise Overloaded(
                 f"{self.name} queue is full ({len(self._queue)} of {self.queue_size} images waiting)",
                 retry_after_s=1,

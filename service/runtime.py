@@ -142,7 +142,8 @@ def load_models(config: ServeConfig) -> dict[str, LoadedModel]:
         if model.name in models:
             raise ModelLoadError(f"two files serve the name {model.name!r}: {models[model.name].path} and {path}")
         models[model.name] = model
-        log.info("loaded %s from %s on %s", model.name, path, ", ".join(model.providers))
     if config.default_model not in models:
         raise ModelLoadError(f"default model {config.default_model!r} is not in {str(config.models)!r}; it has {sorted(models)}")
+    for model in models.values():
+        log.info("loaded %s from %s on %s", model.name, model.path, ", ".join(model.providers), extra={"model": model.name})
     return models

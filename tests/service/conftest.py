@@ -144,3 +144,19 @@ def variants(count: int) -> list[bytes]:
             image = ImageOps.mirror(image)
         out.append(encode(image, quality=90))
     return out
+
+
+def assert_answers(predictions: list[dict], expected: np.ndarray, card: ModelCard, k: int) -> None:
+    """The predictions are the true top k of `expected` (one image's probabilities), highest first,
+    each with its class's label and id; probabilities agree to 1e-5 (batched vs single inference)."""
+    assert len(predictions) == k
+    for p in predictions:
+        assert list(p) == ["label", "class_id", "class_index", "probability"]
+        i = p["class_index"]
+        assert p["label"] == card.class_names[i] and p["class_id"] == card.class_ids[i]
+        assert abs(p["probability"] - float(expected[i])) < 1e-5
+    probabilities = [p["probability"] for p in predictions]
+    assert probabilities == sorted(probabilities, reverse=True)
+    chosen = {p["class_index"] for p in predictions}
+    rest = [float(expected[i]) for i in range(card.num_classes) if i not in chosen]
+    assert not rest or min(probabilities) >= max(rest) - 1e-5

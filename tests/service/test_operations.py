@@ -1,0 +1,150 @@
+"""Operations through real server processes: load and batching, overload and deadlines, body limits,
+readiness before warm-up, SIGTERM drain, and the CUDA-to-CPU provider fallback."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+
+from service.preprocess import prepare
+
+from .conftest import assert_answers, encode, photo, start_server, variants
+
+LIMIT = 50_000_000
+
+
+def metric(text: str, name: str, model: str = "resnet18") -> float:
+    match = re.search(rf'^{name}{{model="{model}"}} (\S+)$', text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_64_concurrent_uploads_are_batched_and_each_gets_its_own_answer(server, references):
+    images = variants(64)
+    before = httpx.get(server.url + "/metrics").text
+
+    async def upload_all():
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=60) as client:
+            return await asyncio.gather(*(
+                client.post("/classify", content=data, params={"top_k": 3}, headers={"Content-Type": "image/jpeg"})
+                for data in images
+            ))  # fmt: skip
+
+    responses = asyncio.run(upload_all())
+    after = httpx.get(server.url + "/metrics").text
+    ref = references["resnet18"]
+    for response, data in zip(responses, images):
+        assert response.status_code == 200, response.text
+        assert_answers(response.json()["predictions"], ref.probabilities(prepare(data, ref.card.preprocessing, LIMIT)), ref.card, 3)
+    images_run = metric(after, "resnet_batch_size_sum") - metric(before, "resnet_batch_size_sum")
+    batches_run = metric(after, "resnet_batch_size_count") - metric(before, "resnet_batch_size_count")
+    assert images_run == 64
+    assert batches_run < 64, "no batch larger than one image formed under 64 concurrent uploads"
+    print(f"64 uploads ran in {batches_run:.0f} batches, mean batch size {images_run / batches_run:.1f}")
+
+
+@pytest.fixture(scope="module")
+def tight(models_dir, tmp_path_factory):
+    """A server whose batches wait 2 s to fill, with room for 3 images and a 0.5 s deadline."""
+    server = start_server(
+        models_dir, tmp_path_factory.mktemp("tight"), "--providers", "cpu", "--max-batch-size", "64",
+        "--max-delay-ms", "2000", "--queue-size", "3", "--request-timeout-s", "0.5", "--max-body-bytes", "100000",
+    )  # fmt: skip
+    yield server
+    server.stop()
+
+
+def post(url: str, data: bytes, **kwargs) -> httpx.Response:
+    return httpx.post(url + "/classify", content=data, headers={"Content-Type": "image/jpeg"}, timeout=30, **kwargs)
+
+
+def test_504_when_a_request_waits_past_its_deadline(tight):
+    response = post(tight.url, encode(photo("color.png"), quality=90))
+    assert response.status_code == 504, response.text
+    assert response.json()["error"]["code"] == "deadline_exceeded"
+
+
+def test_a_full_queue_answers_503_with_retry_after(tight):
+    data = encode(photo("color.png"), quality=90)
+    waiting = [threading.Thread(target=post, args=(tight.url, data)) for _ in range(3)]
+    for thread in waiting:
+        thread.start()
+    time.sleep(0.25)  # the three are admitted and wait for their batch (then time out at 0.5 s)
+    response = post(tight.url, data)
+    for thread in waiting:
+        thread.join()
+    assert response.status_code == 503, response.text
+    assert int(response.headers["retry-after"]) >= 1
+    error = response.json()["error"]
+    assert error["code"] == "overloaded" and "3 of 3 images in flight" in error["message"]
+
+
+def test_413_for_a_body_over_the_limit_announced_or_streamed(tight):
+    big = b"\xff\xd8" + bytes(150_000)
+    announced = post(tight.url, big)
+    assert announced.status_code == 413 and announced.json()["error"]["code"] == "body_too_large"
+
+    def chunks():  # no Content-Length: the limit is enforced on the bytes as they stream in
+        for start in range(0, len(big), 16_384):
+            yield big[start : start + 16_384]
+
+    streamed = post(tight.url, chunks())
+    assert streamed.status_code == 413 and streamed.json()["error"]["max_body_bytes"] == 100_000
+
+
+def test_provider_fallback_is_warned_about_and_reported(server, tight):
+    providers = {m["name"]: m["providers"] for m in httpx.get(server.url + "/models").json()["models"]}
+    warning = "CUDA was requested but ONNX Runtime could not use it"
+    for name, used in providers.items():
+        assert used[-1] == "CPUExecutionProvider"
+        if "CUDAExecutionProvider" not in used:  # a CPU box: the fallback must be said, per model
+            assert f"model {name}: {warning}; running on CPUExecutionProvider" in server.log()
+    assert warning not in tight.log()  # --providers cpu asks for no CUDA, so nothing falls back
+
+
+def test_ready_only_after_warm_up_and_sigterm_drains_in_flight_requests(models_dir, tmp_path, references):
+    # Enough warm-up runs that the port opens well before the models are warm.
+    server = start_server(
+        models_dir, tmp_path, "--providers", "cpu", "--warmup-runs", "60", "--max-batch-size", "8",
+        "--max-delay-ms", "800", wait_ready=False,
+    )  # fmt: skip
+    try:
+        ready = httpx.get(server.url + "/health/ready")
+        assert ready.status_code == 503 and ready.json()["status"] == "warming_up" and ready.headers["retry-after"] == "1"
+        early = post(server.url, encode(photo("color.png"), quality=90))
+        assert early.status_code == 503 and early.json()["error"]["code"] == "not_ready"
+        deadline = time.monotonic() + 60
+        while httpx.get(server.url + "/health/ready").status_code != 200:
+            assert time.monotonic() < deadline, "never became ready"
+            time.sleep(0.05)
+
+        images = variants(5)
+        results: list = [None] * len(images)
+
+        def upload(i: int) -> None:
+            results[i] = post(server.url, images[i], params={"top_k": 1})
+
+        threads = [threading.Thread(target=upload, args=(i,)) for i in range(len(images))]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)  # all five now wait for their batch (800 ms delay)
+        server.process.send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join()
+        # uvicorn re-raises the signal once it has shut down cleanly, so the exit says "terminated".
+        assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)
+    finally:
+        server.stop()
+    ref = references["resnet18"]
+    for response, data in zip(results, images):
+        assert response.status_code == 200, response.text
+        assert_answers(response.json()["predictions"], ref.probabilities(prepare(data, ref.card.preprocessing, LIMIT)), ref.card, 1)
+    assert "stopped: queues drained, pools closed" in server.log()
+    with pytest.raises(httpx.TransportError):
+        httpx.get(server.url + "/health/live")
