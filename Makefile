@@ -29,8 +29,10 @@ models: install
 	@echo "default models: not yet defined"
 
 # --- serving and benchmarks ---------------------------------------------------------------------
+# owner: service. Serves every model in $(MODELS)/ (resnet18 and resnet152 from `make models`);
+# RESNET_SERVE_* variables set the rest (README, section Serving).
 serve: models
-	@echo "the service does not exist yet: models are in $(MODELS)/"
+	$(BIN)/resnet-serve --models $(MODELS) --host $(HOST) --port $(PORT)
 
 bench: models
 	@echo "the benchmark does not exist yet"
