@@ -138,7 +138,11 @@ class Service:
 
     async def _warm_up(self) -> None:
         for name, pipeline in self.pipelines.items():
-            seconds = await pipeline.warm_up()
+            try:
+                seconds = await pipeline.warm_up()
+            except Exception:  # noqa: BLE001 - stay live and unready, say why, let the orchestrator act
+                log.exception("warm-up of %s failed: the service stays unready", name, extra={"model": name})
+                return
             log.info("warmed up %s in %.2f s", name, seconds, extra={"model": name})
         self.ready = True
         log.info("ready: serving %s", ", ".join(self.pipelines), extra={"models": list(self.pipelines)})

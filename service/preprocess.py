@@ -69,8 +69,10 @@ def decode(data: bytes, max_pixels: int, min_side: int | None = None) -> Image.I
             image = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError as error:
         raise TooManyPixels(f"the image header announces too many pixels: {error}", max_pixels=max_pixels) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        raise BadImage(f"cannot identify the image ({len(data)} bytes); expected one of {', '.join(FORMATS)}: {error}") from None
+    except UnidentifiedImageError:
+        raise BadImage(f"cannot identify the image ({len(data)} bytes) as one of {', '.join(FORMATS)}") from None
+    except (OSError, ValueError, SyntaxError) as error:
+        raise BadImage(f"cannot read the image header ({len(data)} bytes): {error}") from None
     width, height = image.size
     if width * height > max_pixels:
         raise TooManyPixels(

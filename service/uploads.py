@@ -16,7 +16,7 @@ from service.errors import BadImage, BodyTooLarge, TooManyImages, UnsupportedMed
 from service.preprocess import MEDIA_TYPES
 
 MULTIPART = "multipart/form-data"
-_ACCEPTED = f"an image ({', '.join(sorted(t for t in MEDIA_TYPES if t.startswith('image/')))}), application/octet-stream or {MULTIPART}"
+_ACCEPTED = f"image/jpeg, image/png, image/gif, image/bmp, image/tiff, image/webp, application/octet-stream or {MULTIPART}"
 
 
 def body_kind(content_type: str) -> str:
