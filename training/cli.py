@@ -43,7 +43,7 @@ FLAGS = {
     "--epochs": ("epochs", int, "passes over the train split (default: 90 ImageNet; CIFAR nets run 64k steps)"),
     "--max-steps": ("max_steps", int, "stop after this many optimizer steps in total"),
     "--batch-size": ("batch_size", int, "images per step per process (default 256 ImageNet / 128 CIFAR, split over processes)"),
-    "--lr": ("lr", float, "peak learning rate (default 0.1 x global batch / 256)"),
+    "--lr": ("lr", float, "peak learning rate (default 0.1 x global batch / 256; CIFAR nets / 128)"),
     "--momentum": ("momentum", float, "SGD momentum (default 0.9)"),
     "--weight-decay": ("weight_decay", float, "weight decay (default 1e-4)"),
     "--lr-milestones": ("lr_milestones", _int_list, "comma-separated steps where lr drops 10x (default: recipe)"),
@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"resnet-train: error: {message}", file=sys.stderr)
         return 2
+    except SystemExit as stop:  # argparse: --help (0) or a bad flag (2, its line already printed)
+        return int(stop.code or 0)
     except KeyboardInterrupt:
         print("resnet-train: interrupted", file=sys.stderr)
         return 130
