@@ -24,6 +24,14 @@ def metric(text: str, name: str, model: str = "resnet18") -> float:
     return float(match.group(1)) if match else 0.0
 
 
+def wait_for_queue_depth(url: str, depth: int) -> None:
+    """Until `depth` images are admitted to resnet18 (the uploads really are in flight)."""
+    deadline = time.monotonic() + 20
+    while metric(httpx.get(url + "/metrics").text, "resnet_queue_depth") < depth:
+        assert time.monotonic() < deadline, f"never saw {depth} images in flight"
+        time.sleep(0.01)
+
+
 def test_64_concurrent_uploads_are_batched_and_each_gets_its_own_answer(server, references):
     images = variants(64)
     before = httpx.get(server.url + "/metrics").text
@@ -51,10 +59,10 @@ def test_64_concurrent_uploads_are_batched_and_each_gets_its_own_answer(server, 
 
 @pytest.fixture(scope="module")
 def tight(models_dir, tmp_path_factory):
-    """A server whose batches wait 2 s to fill, with room for 3 images and a 0.5 s deadline."""
+    """A server whose batches wait 3 s to fill, with room for 3 images and a 1.5 s deadline."""
     server = start_server(
         models_dir, tmp_path_factory.mktemp("tight"), "--providers", "cpu", "--max-batch-size", "64",
-        "--max-delay-ms", "2000", "--queue-size", "3", "--request-timeout-s", "0.5", "--max-body-bytes", "100000",
+        "--max-delay-ms", "3000", "--queue-size", "3", "--request-timeout-s", "1.5", "--max-body-bytes", "100000",
     )  # fmt: skip
     yield server
     server.stop()
@@ -75,7 +83,7 @@ def test_a_full_queue_answers_503_with_retry_after(tight):
     waiting = [threading.Thread(target=post, args=(tight.url, data)) for _ in range(3)]
     for thread in waiting:
         thread.start()
-    time.sleep(0.25)  # the three are admitted and wait for their batch (then time out at 0.5 s)
+    wait_for_queue_depth(tight.url, 3)  # the three wait for their batch (and time out at 1.5 s)
     response = post(tight.url, data)
     for thread in waiting:
         thread.join()
@@ -111,8 +119,8 @@ def test_provider_fallback_is_warned_about_and_reported(server, tight):
 def test_ready_only_after_warm_up_and_sigterm_drains_in_flight_requests(models_dir, tmp_path, references):
     # Enough warm-up runs that the port opens well before the models are warm.
     server = start_server(
-        models_dir, tmp_path, "--providers", "cpu", "--warmup-runs", "60", "--max-batch-size", "8",
-        "--max-delay-ms", "800", wait_ready=False,
+        models_dir, tmp_path, "--providers", "cpu", "--warmup-runs", "150", "--max-batch-size", "8",
+        "--max-delay-ms", "2000", wait_ready=False,
     )  # fmt: skip
     try:
         ready = httpx.get(server.url + "/health/ready")
@@ -133,7 +141,7 @@ def test_ready_only_after_warm_up_and_sigterm_drains_in_flight_requests(models_d
         threads = [threading.Thread(target=upload, args=(i,)) for i in range(len(images))]
         for thread in threads:
             thread.start()
-        time.sleep(0.3)  # all five now wait for their batch (800 ms delay)
+        wait_for_queue_depth(server.url, len(images))  # all five wait for their batch (2 s delay)
         server.process.send_signal(signal.SIGTERM)
         for thread in threads:
             thread.join()
