@@ -54,11 +54,15 @@ def _service(request: Request) -> Service:
 
 def _pipeline(service: Service, name: str):
     if name not in service.pipelines:
-        raise errors.UnknownModel(f"unknown model {name!r}; available: {', '.join(service.pipelines)}", available=list(service.pipelines))
+        raise errors.UnknownModel(
+            f"unknown model {name!r}; available: {', '.join(service.pipelines)}", available=list(service.pipelines)
+        )
     return service.pipelines[name]
 
 
-async def _classify(request: Request, name: str | None, k: int | None) -> schemas.Classification | schemas.BatchClassification:
+async def _classify(
+    request: Request, name: str | None, k: int | None
+) -> schemas.Classification | schemas.BatchClassification:
     started = asyncio.get_running_loop().time()
     service = _service(request)
     name = service.config.default_model if name is None else name
@@ -68,13 +72,18 @@ async def _classify(request: Request, name: str | None, k: int | None) -> schema
         card = pipeline.model.card
         k = min(DEFAULT_TOP_K, card.num_classes) if k is None else k
         if not 1 <= k <= card.num_classes:
-            raise errors.InvalidParameter(f"top_k must be between 1 and {card.num_classes} for {name}, got {k}", parameter="top_k")
+            raise errors.InvalidParameter(
+                f"top_k must be between 1 and {card.num_classes} for {name}, got {k}", parameter="top_k"
+            )
         if not service.ready:
             raise errors.NotReady()
         kind = uploads.body_kind(request.content_type[0])
         config = service.config
         if (request.content_length or 0) > config.max_body_bytes:
-            raise errors.BodyTooLarge(f"the request body is over the limit of {config.max_body_bytes} bytes", max_body_bytes=config.max_body_bytes)
+            raise errors.BodyTooLarge(
+                f"the request body is over the limit of {config.max_body_bytes} bytes",
+                max_body_bytes=config.max_body_bytes,
+            )
         deadline = started + config.request_timeout_s
         try:
             async with asyncio.timeout_at(deadline):
@@ -82,10 +91,14 @@ async def _classify(request: Request, name: str | None, k: int | None) -> schema
                     payloads = [await uploads.read_raw(request.stream(), config.max_body_bytes)]
                 else:
                     boundary = request.content_type[1].get("boundary")
-                    payloads = await uploads.read_multipart(request.stream(), boundary, config.max_body_bytes, config.max_images)
+                    payloads = await uploads.read_multipart(
+                        request.stream(), boundary, config.max_body_bytes, config.max_images
+                    )
                 rows = await pipeline.classify(payloads, deadline)
         except TimeoutError:
-            raise errors.DeadlineExceeded(f"no answer within request_timeout_s = {config.request_timeout_s} s") from None
+            raise errors.DeadlineExceeded(
+                f"no answer within request_timeout_s = {config.request_timeout_s} s"
+            ) from None
         request.scope[_LOG_FIELDS] = {"model": name, "images": len(payloads)}
         status = 200
     except errors.ServiceError as error:
@@ -99,7 +112,9 @@ async def _classify(request: Request, name: str | None, k: int | None) -> schema
     return schemas.BatchClassification(name, [schemas.ImageResult(schemas.top_k(card, row, k)) for row in rows])
 
 
-_TOP_K = Parameter(default=None, ge=1, description="classes to return, 1 to the model's class count (default 5, or all if fewer)")
+_TOP_K = Parameter(
+    default=None, ge=1, description="classes to return, 1 to the model's class count (default 5, or all if fewer)"
+)
 _CLASSIFY = dict(status_code=200, responses=_ERROR_RESPONSES, description=(
     "Body: one image as the raw body (Content-Type image/jpeg, image/png, ...), or multipart/form-data "
     "with one or more files. One image answers {model, predictions}; several answer {model, results}."
@@ -108,14 +123,18 @@ _CLASSIFY = dict(status_code=200, responses=_ERROR_RESPONSES, description=(
 
 @post("/classify", **_CLASSIFY)
 async def classify(
-    request: Request, model: str | None = Parameter(default=None, description="served model name"), top_k: int | None = _TOP_K
+    request: Request,
+    model: str | None = Parameter(default=None, description="served model name"),
+    top_k: int | None = _TOP_K,
 ) -> schemas.Classification | schemas.BatchClassification:
     """Classify the posted image(s) with `model` (the configured default if absent)."""
     return await _classify(request, model, top_k)
 
 
 @post("/models/{name:str}/classify", **_CLASSIFY)
-async def classify_with(request: Request, name: str, top_k: int | None = _TOP_K) -> schemas.Classification | schemas.BatchClassification:
+async def classify_with(
+    request: Request, name: str, top_k: int | None = _TOP_K
+) -> schemas.Classification | schemas.BatchClassification:
     """Classify the posted image(s) with the model in the path."""
     return await _classify(request, name, top_k)
 
@@ -148,8 +167,12 @@ async def live(request: Request) -> schemas.Health:
 async def ready(request: Request) -> Response[schemas.Health]:
     """200 once every model is loaded and warm, 503 before."""
     service = _service(request)
-    body = schemas.Health("ready" if service.ready else "warming_up", {name: m.warm for name, m in service.models.items()})
-    return Response(body, status_code=200 if service.ready else 503, headers=None if service.ready else {"Retry-After": "1"})
+    body = schemas.Health(
+        "ready" if service.ready else "warming_up", {name: m.warm for name, m in service.models.items()}
+    )
+    return Response(
+        body, status_code=200 if service.ready else 503, headers=None if service.ready else {"Retry-After": "1"}
+    )
 
 
 @get("/metrics", media_type=metrics.CONTENT_TYPE)
@@ -207,8 +230,14 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            fields = {"request_id": request_id, "method": scope["method"], "path": scope["path"], "status": status,
-                      "duration_ms": round((time.perf_counter() - started) * 1000, 2), **scope.get(_LOG_FIELDS, {})}  # fmt: skip
+            fields = {
+                "request_id": request_id,
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                **scope.get(_LOG_FIELDS, {}),
+            }
             access_log.info("%s %s %d", scope["method"], scope["path"], status, extra=fields)
 
 

@@ -113,7 +113,9 @@ def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None =
     for f in fields(ServeConfig):
         env = ENV_PREFIX + f.name.upper()
         default = "" if f.default is MISSING else f" (default {_show(f.default)})"
-        parser.add_argument(_flag(f.name), dest=f.name, metavar=f.name.upper(), help=f"{f.metadata['help']}; env {env}{default}")
+        parser.add_argument(
+            _flag(f.name), dest=f.name, metavar=f.name.upper(), help=f"{f.metadata['help']}; env {env}{default}"
+        )
     args = vars(parser.parse_args(argv))
     values = {}
     for f in fields(ServeConfig):

@@ -68,7 +68,9 @@ class Histogram:
 
     kind = "histogram"
 
-    def __init__(self, name: str, help: str, labels: tuple[str, ...] = (), buckets: tuple[float, ...] = SECONDS) -> None:
+    def __init__(
+        self, name: str, help: str, labels: tuple[str, ...] = (), buckets: tuple[float, ...] = SECONDS
+    ) -> None:
         self.name, self.help, self.labels = name, help, labels
         self.buckets = tuple(sorted(buckets))
         self.series: dict[tuple[str, ...], list] = {}  # labels -> [per-bucket counts..., +Inf count, sum]
@@ -95,14 +97,24 @@ class Metrics:
     """The service's metrics; `render()` is the body of GET /metrics."""
 
     def __init__(self, queue_depth: Callable[[], dict]) -> None:
-        self.requests = Counter("resnet_requests_total", "Classification requests answered, by model and HTTP status.", ("model", "status"))
+        self.requests = Counter(
+            "resnet_requests_total", "Classification requests answered, by model and HTTP status.", ("model", "status")
+        )
         self.images = Counter("resnet_images_total", "Images classified.", ("model",))
-        self.request_seconds = Histogram("resnet_request_duration_seconds", "Classification request latency, arrival to answer.", ("model",))
-        self.queue_wait = Histogram("resnet_queue_wait_seconds", "Time an image waited in its model's queue for a batch.", ("model",))
+        self.request_seconds = Histogram(
+            "resnet_request_duration_seconds", "Classification request latency, arrival to answer.", ("model",)
+        )
+        self.queue_wait = Histogram(
+            "resnet_queue_wait_seconds", "Time an image waited in its model's queue for a batch.", ("model",)
+        )
         self.preprocess = Histogram("resnet_preprocess_seconds", "Decode and preprocessing time per image.", ("model",))
         self.inference = Histogram("resnet_inference_seconds", "ONNX Runtime time per batch.", ("model",))
-        self.batch_size = Histogram("resnet_batch_size", "Images per inference.", ("model",), (1, 2, 4, 8, 16, 32, 64, 128))
-        self.queue_depth = Gauge("resnet_queue_depth", "Images admitted and not yet answered, per model.", ("model",), queue_depth)
+        self.batch_size = Histogram(
+            "resnet_batch_size", "Images per inference.", ("model",), (1, 2, 4, 8, 16, 32, 64, 128)
+        )
+        self.queue_depth = Gauge(
+            "resnet_queue_depth", "Images admitted and not yet answered, per model.", ("model",), queue_depth
+        )
         self.all = (self.requests, self.images, self.request_seconds, self.queue_wait, self.preprocess,
                     self.inference, self.batch_size, self.queue_depth)  # fmt: skip
 

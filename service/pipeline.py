@@ -35,7 +35,9 @@ def _prepare(data: bytes, prep, max_pixels: int) -> tuple[np.ndarray, float]:
 class ModelPipeline:
     """One model's path from image bytes to probabilities, with its bounded admission."""
 
-    def __init__(self, model: LoadedModel, config: ServeConfig, decode_pool: ThreadPoolExecutor, metrics: Metrics) -> None:
+    def __init__(
+        self, model: LoadedModel, config: ServeConfig, decode_pool: ThreadPoolExecutor, metrics: Metrics
+    ) -> None:
         self.model = model
         self.config = config
         self.decode_pool = decode_pool
@@ -63,7 +65,8 @@ class ModelPipeline:
         if self.inflight + count > self.config.queue_size:
             batches_ahead = math.ceil(self.inflight / self.config.max_batch_size)
             raise Overloaded(
-                f"model {self.model.name!r} is at capacity ({self.inflight} of {self.config.queue_size} images in flight)",
+                f"model {self.model.name!r} is at capacity "
+                f"({self.inflight} of {self.config.queue_size} images in flight)",
                 retry_after_s=math.ceil(batches_ahead * self.batch_seconds),
             )
         self.inflight += count
@@ -124,7 +127,7 @@ class Service:
     def __init__(self, config: ServeConfig, models: dict[str, LoadedModel]) -> None:
         self.config = config
         self.models = models
-        self.metrics = Metrics(lambda: {(name, ): p.inflight for name, p in self.pipelines.items()})
+        self.metrics = Metrics(lambda: {(name,): p.inflight for name, p in self.pipelines.items()})
         self.decode_pool = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="decode")
         self.pipelines = {name: ModelPipeline(m, config, self.decode_pool, self.metrics) for name, m in models.items()}
         self.ready = False

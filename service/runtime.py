@@ -44,7 +44,9 @@ class LoadedModel:
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Softmax over the logits of a [N, 3, S, S] batch: [N, num_classes] float32, rows sum to 1."""
-        (logits,) = self.session.run([self.card.output_name], {self.card.input_name: batch.astype(self.input_dtype, copy=False)})
+        (logits,) = self.session.run(
+            [self.card.output_name], {self.card.input_name: batch.astype(self.input_dtype, copy=False)}
+        )
         logits = logits.astype(np.float32, copy=False)
         exp = np.exp(logits - logits.max(axis=1, keepdims=True))
         return exp / exp.sum(axis=1, keepdims=True)
@@ -143,7 +145,11 @@ def load_models(config: ServeConfig) -> dict[str, LoadedModel]:
             raise ModelLoadError(f"two files serve the name {model.name!r}: {models[model.name].path} and {path}")
         models[model.name] = model
     if config.default_model not in models:
-        raise ModelLoadError(f"default model {config.default_model!r} is not in {str(config.models)!r}; it has {sorted(models)}")
+        raise ModelLoadError(
+            f"default model {config.default_model!r} is not in {str(config.models)!r}; it has {sorted(models)}"
+        )
     for model in models.values():
-        log.info("loaded %s from %s on %s", model.name, model.path, ", ".join(model.providers), extra={"model": model.name})
+        log.info(
+            "loaded %s from %s on %s", model.name, model.path, ", ".join(model.providers), extra={"model": model.name}
+        )
     return models

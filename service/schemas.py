@@ -88,10 +88,7 @@ class ErrorBody(msgspec.Struct):
 def top_k(card: ModelCard, probabilities: np.ndarray, k: int) -> list[Prediction]:
     """The k most probable classes, highest first; ties go to the lower class index."""
     order = np.argsort(-probabilities, kind="stable")[:k]
-    return [
-        Prediction(card.class_names[i], card.class_ids[i], int(i), float(probabilities[i]))
-        for i in order.tolist()
-    ]
+    return [Prediction(card.class_names[i], card.class_ids[i], int(i), float(probabilities[i])) for i in order.tolist()]
 
 
 def model_info(card: ModelCard, providers, default: bool, detail: bool = False) -> ModelInfo:

@@ -16,7 +16,9 @@ from service.errors import BadImage, BodyTooLarge, TooManyImages, UnsupportedMed
 from service.preprocess import MEDIA_TYPES
 
 MULTIPART = "multipart/form-data"
-_ACCEPTED = f"image/jpeg, image/png, image/gif, image/bmp, image/tiff, image/webp, application/octet-stream or {MULTIPART}"
+_ACCEPTED = (
+    f"image/jpeg, image/png, image/gif, image/bmp, image/tiff, image/webp, application/octet-stream or {MULTIPART}"
+)
 
 
 def body_kind(content_type: str) -> str:
@@ -26,7 +28,9 @@ def body_kind(content_type: str) -> str:
     if content_type == MULTIPART:
         return "multipart"
     shown = content_type or "no Content-Type"
-    raise UnsupportedMediaType(f"unsupported media type {shown!r}: send {_ACCEPTED}", accepted=sorted(MEDIA_TYPES | {MULTIPART}))
+    raise UnsupportedMediaType(
+        f"unsupported media type {shown!r}: send {_ACCEPTED}", accepted=sorted(MEDIA_TYPES | {MULTIPART})
+    )
 
 
 async def read_raw(stream: AsyncIterator[bytes], max_bytes: int) -> bytes:
@@ -40,7 +44,9 @@ async def read_raw(stream: AsyncIterator[bytes], max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_multipart(stream: AsyncIterator[bytes], boundary: str | None, max_bytes: int, max_images: int) -> list[bytes]:
+async def read_multipart(
+    stream: AsyncIterator[bytes], boundary: str | None, max_bytes: int, max_images: int
+) -> list[bytes]:
     """The files of a multipart/form-data body, in upload order; form fields without a file are ignored."""
     if not boundary:
         raise BadImage("the multipart/form-data Content-Type has no boundary parameter")
@@ -52,7 +58,9 @@ async def read_multipart(stream: AsyncIterator[bytes], boundary: str | None, max
             async for chunk in stream:
                 size += len(chunk)
                 if size > max_bytes:
-                    raise BodyTooLarge(f"the request body is over the limit of {max_bytes} bytes", max_body_bytes=max_bytes)
+                    raise BodyTooLarge(
+                        f"the request body is over the limit of {max_bytes} bytes", max_body_bytes=max_bytes
+                    )
                 for event in parser.parse(chunk):
                     if event is None:  # end of a part
                         if current is not None:

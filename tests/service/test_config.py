@@ -48,7 +48,11 @@ def test_zero_threads_means_every_available_cpu():
     [
         ([], {}, "the models folder is required"),
         (["--models", "m", "--port", "eighty"], {}, "--port must be an integer, got 'eighty'"),
-        (["--models", "m"], {"RESNET_SERVE_MAX_DELAY_MS": "soon"}, "RESNET_SERVE_MAX_DELAY_MS must be a number, got 'soon'"),
+        (
+            ["--models", "m"],
+            {"RESNET_SERVE_MAX_DELAY_MS": "soon"},
+            "RESNET_SERVE_MAX_DELAY_MS must be a number, got 'soon'",
+        ),
         (["--models", "m", "--max-batch-size", "0"], {}, "max_batch_size must be at least 1, got 0"),
         (["--models", "m", "--providers", "tpu"], {}, "providers must be a list of ('cuda', 'cpu'), got 'tpu'"),
         (["--models", "m", "--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),

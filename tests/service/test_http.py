@@ -42,10 +42,15 @@ def test_one_raw_image_answers_its_top_k(server, references, jpeg):
 
 def test_the_model_is_chosen_by_query_or_path_and_top_k_defaults_to_five(server, references, jpeg):
     for name, ref in references.items():
-        for response in (post_image(server.url + "/classify", jpeg, model=name), post_image(f"{server.url}/models/{name}/classify", jpeg)):
+        for response in (
+            post_image(server.url + "/classify", jpeg, model=name),
+            post_image(f"{server.url}/models/{name}/classify", jpeg),
+        ):
             assert response.status_code == 200, response.text
             assert response.json()["model"] == name
-            assert_answers(response.json()["predictions"], expected(references, name, jpeg), ref.card, min(5, ref.card.num_classes))
+            assert_answers(
+                response.json()["predictions"], expected(references, name, jpeg), ref.card, min(5, ref.card.num_classes)
+            )
 
 
 def test_several_files_answer_results_in_upload_order(server, references):
@@ -66,7 +71,9 @@ def test_one_file_in_a_multipart_upload_answers_like_a_raw_image(server, referen
     response = httpx.post(server.url + "/classify", files=files, params={"top_k": 1}, timeout=30)
     assert response.status_code == 200, response.text
     assert list(response.json()) == ["model", "predictions"]
-    assert_answers(response.json()["predictions"], expected(references, "resnet18", jpeg), references["resnet18"].card, 1)
+    assert_answers(
+        response.json()["predictions"], expected(references, "resnet18", jpeg), references["resnet18"].card, 1
+    )
 
 
 def test_models_are_described(server, references):
@@ -110,19 +117,31 @@ def error_of(response: httpx.Response, status: int, code: str) -> dict:
     assert response.headers["content-type"] == "application/json"
     error = response.json()["error"]
     assert list(response.json()) == ["error"] and list(error)[:4] == ["status", "code", "message", "request_id"]
-    assert error["status"] == status and error["code"] == code and error["request_id"] == response.headers["x-request-id"]
+    assert (
+        error["status"] == status and error["code"] == code and error["request_id"] == response.headers["x-request-id"]
+    )
     return error
 
 
 def test_a_client_request_id_is_echoed(server, jpeg):
-    response = httpx.post(server.url + "/classify?model=nope", content=jpeg, headers={"Content-Type": "image/jpeg", "X-Request-ID": "trace-42"})
+    response = httpx.post(
+        server.url + "/classify?model=nope",
+        content=jpeg,
+        headers={"Content-Type": "image/jpeg", "X-Request-ID": "trace-42"},
+    )
     assert error_of(response, 404, "unknown_model")["request_id"] == "trace-42"
     assert '"request_id": "trace-42"' in server.log()
 
 
 def test_400_for_undecodable_or_corrupt_images(server, jpeg):
-    assert "cannot identify the image" in error_of(post_image(server.url + "/classify", b"GIF89a broken"), 400, "bad_image")["message"]
-    assert "truncated" in error_of(post_image(server.url + "/classify", jpeg[: len(jpeg) // 2]), 400, "bad_image")["message"]
+    assert (
+        "cannot identify the image"
+        in error_of(post_image(server.url + "/classify", b"GIF89a broken"), 400, "bad_image")["message"]
+    )
+    assert (
+        "truncated"
+        in error_of(post_image(server.url + "/classify", jpeg[: len(jpeg) // 2]), 400, "bad_image")["message"]
+    )
     assert "empty" in error_of(post_image(server.url + "/classify", b""), 400, "bad_image")["message"]
     files = [("a", ("a.jpg", jpeg, "image/jpeg")), ("b", ("b.jpg", b"\xff\xd8 nonsense", "image/jpeg"))]
     error = error_of(httpx.post(server.url + "/classify", files=files), 400, "bad_image")
@@ -152,7 +171,9 @@ def _png_claiming(width: int, height: int) -> bytes:
 
 
 def test_413_for_a_pixel_bomb_and_too_many_files(server, jpeg):
-    error = error_of(post_image(server.url + "/classify", _png_claiming(10_000, 10_000), "image/png"), 413, "too_many_pixels")
+    error = error_of(
+        post_image(server.url + "/classify", _png_claiming(10_000, 10_000), "image/png"), 413, "too_many_pixels"
+    )
     assert "100000000 pixels" in error["message"] and error["max_pixels"] == LIMIT
     files = [("images", (f"{i}.jpg", b"x", "image/jpeg")) for i in range(33)]  # the default max_images is 32
     assert error_of(httpx.post(server.url + "/classify", files=files), 413, "too_many_images")["max_images"] == 32
@@ -164,7 +185,10 @@ def test_415_for_unsupported_media_types(server, jpeg):
         assert content_type in error["message"] and "image/jpeg" in error["accepted"]
     error_of(httpx.post(server.url + "/classify", content=jpeg), 415, "unsupported_media_type")  # no Content-Type
     files = {"doc": ("notes.txt", b"hello", "text/plain")}
-    assert "notes.txt" in error_of(httpx.post(server.url + "/classify", files=files), 415, "unsupported_media_type")["message"]
+    assert (
+        "notes.txt"
+        in error_of(httpx.post(server.url + "/classify", files=files), 415, "unsupported_media_type")["message"]
+    )
 
 
 def test_422_for_bad_parameters(server, references, jpeg):

@@ -49,7 +49,9 @@ def test_64_concurrent_uploads_are_batched_and_each_gets_its_own_answer(server, 
     ref = references["resnet18"]
     for response, data in zip(responses, images):
         assert response.status_code == 200, response.text
-        assert_answers(response.json()["predictions"], ref.probabilities(prepare(data, ref.card.preprocessing, LIMIT)), ref.card, 3)
+        assert_answers(
+            response.json()["predictions"], ref.probabilities(prepare(data, ref.card.preprocessing, LIMIT)), ref.card, 3
+        )
     images_run = metric(after, "resnet_batch_size_sum") - metric(before, "resnet_batch_size_sum")
     batches_run = metric(after, "resnet_batch_size_count") - metric(before, "resnet_batch_size_count")
     assert images_run == 64
@@ -124,7 +126,9 @@ def test_ready_only_after_warm_up_and_sigterm_drains_in_flight_requests(models_d
     )  # fmt: skip
     try:
         ready = httpx.get(server.url + "/health/ready")
-        assert ready.status_code == 503 and ready.json()["status"] == "warming_up" and ready.headers["retry-after"] == "1"
+        assert (
+            ready.status_code == 503 and ready.json()["status"] == "warming_up" and ready.headers["retry-after"] == "1"
+        )
         early = post(server.url, encode(photo("color.png"), quality=90))
         assert early.status_code == 503 and early.json()["error"]["code"] == "not_ready"
         deadline = time.monotonic() + 60
@@ -152,7 +156,9 @@ def test_ready_only_after_warm_up_and_sigterm_drains_in_flight_requests(models_d
     ref = references["resnet18"]
     for response, data in zip(results, images):
         assert response.status_code == 200, response.text
-        assert_answers(response.json()["predictions"], ref.probabilities(prepare(data, ref.card.preprocessing, LIMIT)), ref.card, 1)
+        assert_answers(
+            response.json()["predictions"], ref.probabilities(prepare(data, ref.card.preprocessing, LIMIT)), ref.card, 1
+        )
     assert "stopped: queues drained, pools closed" in server.log()
     with pytest.raises(httpx.TransportError):
         httpx.get(server.url + "/health/live")

@@ -31,7 +31,11 @@ PREPS = [
 def torchvision_reference(image: Image.Image, prep: Preprocessing) -> np.ndarray:
     from torchvision import transforms as T
 
-    modes = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC, "nearest": T.InterpolationMode.NEAREST}
+    modes = {
+        "bilinear": T.InterpolationMode.BILINEAR,
+        "bicubic": T.InterpolationMode.BICUBIC,
+        "nearest": T.InterpolationMode.NEAREST,
+    }
     transform = T.Compose(
         [T.Resize(prep.resize_size, interpolation=modes[prep.interpolation]), T.CenterCrop(prep.input_size),
          T.ToTensor(), T.Normalize(prep.mean, prep.std)]
