@@ -29,8 +29,8 @@ CLASSES: tuple[tuple[str, str], ...] = (
 
 # Per-channel statistics of the rendered pixels in [0, 1], measured over 4096 train images
 # (`python -m training.synthetic`); colours are uniform, so both are close to 0.5 and 0.29.
-MEAN = (0.503, 0.503, 0.494)
-STD = (0.292, 0.293, 0.292)
+MEAN = (0.503, 0.502, 0.494)
+STD = (0.291, 0.292, 0.291)
 
 _SPLITS = {"train": 0, "val": 1}
 
@@ -38,8 +38,8 @@ _SPLITS = {"train": 0, "val": 1}
 def _mask(label: int, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Boolean foreground mask on the [-1, 1]^2 grid (x, y) for class `label`."""
     if label <= 4:  # shapes: random centre, size and rotation
-        cx, cy = rng.uniform(-0.3, 0.3, size=2)
-        r = rng.uniform(0.35, 0.65)
+        cx, cy = rng.uniform(-0.2, 0.2, size=2)
+        r = rng.uniform(0.5, 0.75)
         t = rng.uniform(0, 2 * np.pi)
         u = (x - cx) * np.cos(t) + (y - cy) * np.sin(t)
         v = -(x - cx) * np.sin(t) + (y - cy) * np.cos(t)
@@ -57,7 +57,7 @@ def _mask(label: int, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) ->
         arm = 0.28 * r
         return ((np.abs(u) < arm) & (np.abs(v) < r)) | ((np.abs(v) < arm) & (np.abs(u) < r))
     # textures: random period and phase, orientation fixed up to a small jitter
-    period = rng.uniform(0.3, 0.6)
+    period = rng.uniform(0.4, 0.7)
     phase = rng.uniform(0, 2 * np.pi)
     jitter = rng.uniform(-0.15, 0.15)
     xs, ys = x + jitter * y, y - jitter * x
@@ -87,7 +87,7 @@ def render(seed: int, split: str, index: int, size: int) -> tuple[np.ndarray, in
     grid = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
     x, y = np.meshgrid(grid, grid)
     mask = _mask(label, x, y, rng)[..., None]
-    image = np.where(mask, foreground, background) + rng.normal(0, 0.06, size=(size, size, 3))
+    image = np.where(mask, foreground, background) + rng.normal(0, 0.04, size=(size, size, 3))
     return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8), label
 
 
