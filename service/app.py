@@ -181,12 +181,20 @@ async def prometheus(request: Request) -> str:
     return _service(request).metrics.render()
 
 
+def _count_refused(request: Request, status: int) -> None:
+    service = _service(request)
+    name = request.path_params.get("name") or request.query_params.get("model") or service.config.default_model
+    service.metrics.requests.inc(name if name in service.pipelines else "unknown", str(status))
+
+
 def error_response(request: Request, exc: Exception) -> Response:
     """The one exception handler: every error becomes {"error": {...}} with its status."""
     if isinstance(exc, errors.ServiceError):
         error = exc
     elif isinstance(exc, ValidationException):
         error = errors.InvalidParameter(f"invalid request parameter: {exc.detail}", errors=exc.extra or [])
+        if request.url.path.endswith("/classify"):  # refused before the handler ran: count it here
+            _count_refused(request, error.status)
     elif isinstance(exc, NotFoundException):
         error = errors.NotFound(f"no route for {request.method} {request.url.path}")
     elif isinstance(exc, MethodNotAllowedException):

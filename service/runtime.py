@@ -6,6 +6,7 @@ classes, preprocessing, tensor names) comes from the card in its metadata (artif
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -81,14 +82,21 @@ def provider_list(requested: tuple[str, ...]) -> list[str]:
     """ONNX Runtime provider names for the requested short names, keeping those this build has."""
     available = set(ort.get_available_providers())
     chosen = [PROVIDERS[name] for name in requested if PROVIDERS[name] in available]
-    if "cuda" in requested and PROVIDERS["cuda"] in available and hasattr(ort, "preload_dlls"):
-        # onnxruntime-gpu finds the CUDA and cuDNN libraries that pip installs (nvidia-* wheels) only
-        # once they are preloaded; without them the CUDA provider fails to load and ORT uses the CPU.
-        try:
-            ort.preload_dlls()
-        except Exception as error:  # noqa: BLE001 - a missing library only means no CUDA
-            log.warning("onnxruntime.preload_dlls() failed, CUDA may be unavailable: %s", error)
+    if "cuda" in requested and PROVIDERS["cuda"] in available:
+        _preload_cuda()
     return chosen or [PROVIDERS["cpu"]]
+
+
+@functools.cache
+def _preload_cuda() -> None:
+    """Once per process: onnxruntime-gpu finds the CUDA and cuDNN libraries that pip installs
+    (nvidia-* wheels) only once they are preloaded; without them its CUDA provider fails to load."""
+    if not hasattr(ort, "preload_dlls"):  # before onnxruntime 1.21
+        return
+    try:
+        ort.preload_dlls()
+    except Exception as error:  # noqa: BLE001 - a missing library only means no CUDA
+        log.warning("onnxruntime.preload_dlls() failed, CUDA may be unavailable: %s", error)
 
 
 def discover(models_dir: Path) -> list[Path]:

@@ -197,9 +197,13 @@ def test_415_for_unsupported_media_types(server, jpeg):
 
 def test_422_for_bad_parameters(server, references, jpeg):
     n = references["resnet18"].card.num_classes
+    before = httpx.get(server.url + "/metrics").text
     for top_k in ("0", str(n + 1), "-3", "abc"):
         error = error_of(post_image(server.url + "/classify", jpeg, top_k=top_k), 422, "invalid_parameter")
         assert "top_k" in str(error)
+    after = httpx.get(server.url + "/metrics").text
+    counted = 'resnet_requests_total{model="resnet18",status="422"} '
+    assert float(after.split(counted)[1].split()[0]) - float((before.split(counted) + ["0"])[1].split()[0]) == 4
     assert post_image(server.url + "/classify", jpeg, top_k=n).status_code == 200
 
 
