@@ -1,0 +1,216 @@
+"""resnet-bench: resnet-serve's throughput and latency against raw ONNX Runtime and PyTorch eager.
+
+    resnet-bench                                   # build 224x224 models into results/models, measure all
+    resnet-bench --models models --out results/default-models
+    resnet-bench --only resnet18 --concurrency 1,16 --duration-s 5 -- --max-batch-size 16
+    resnet-bench --url http://127.0.0.1:8000 --models models   # a running service; raw ORT from --models
+
+In order: request payloads, decode timing, raw ONNX Runtime per model and batch size, then
+resnet-serve (started here with the flags after `--`, or the one at --url) under closed-loop load at
+each concurrency and payload, then the PyTorch eager baseline. Everything is written to --out as
+results.json, table.md and results.png; progress goes to stderr. Measure on an idle machine: the
+load generator and the service share its cores, and so would anything else running.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shlex
+import sys
+import time
+import urllib.request
+from dataclasses import asdict
+from pathlib import Path
+
+from bench import payloads as payload_files
+from bench import raw, report, servers
+from bench.config import BenchConfig, BenchError, parse
+from service import config as serve_config
+from service.runtime import ModelLoadError, discover, load_model
+
+# The bench records each model's providers in results.json; the per-session CUDA-fallback warning of
+# service.runtime would only repeat on stderr what the service's own log says once.
+logging.getLogger("service.runtime").setLevel(logging.ERROR)
+BUSY_LOAD = 0.5  # 1-minute load average above which the numbers are not trustworthy on 2 cores
+
+
+def say(message: str, started: float = time.monotonic()) -> None:
+    print(f"resnet-bench [{time.monotonic() - started:6.0f} s] {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the resnet-bench console script."""
+    try:
+        config = parse(sys.argv[1:] if argv is None else argv)
+        results = run(config, " ".join(["resnet-bench", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]))
+    except (BenchError, serve_config.ConfigError, ModelLoadError) as error:
+        print(f"resnet-bench: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("resnet-bench: interrupted", file=sys.stderr)
+        return 130
+    print(Path(results["meta"]["out"], "table.md").read_text())
+    return 0
+
+
+def run(config: BenchConfig, command: str = "resnet-bench") -> dict:
+    """The whole benchmark for one config; returns what results.json holds."""
+    out = config.out
+    models_dir, manifest = _models(config)
+    serving = serve_config.parse(["--models", str(models_dir), *config.serve_args], environ={})
+    loaded = {model.name: model for model in (load_model(path, serving) for path in discover(models_dir))}
+    missing = set(config.only) - set(loaded)
+    if missing:
+        raise BenchError(f"--only names {sorted(missing)}, not in {str(models_dir)!r}; it has {sorted(loaded)}")
+    chosen = [loaded[name] for name in (config.only or loaded)]
+    del loaded  # the sweep loads its own sessions; one resnet152 at a time is enough memory
+    load = os.getloadavg()[0]
+    if load > BUSY_LOAD:
+        say(f"warning: 1-minute load average is {load:.2f} (> {BUSY_LOAD}): other work shares the cores")
+    files = payload_files.build(out / "payloads", config.payloads)
+
+    cards, decode_ms, raw_points = {}, {}, []
+    while chosen:
+        model = chosen.pop(0)
+        card = model.card
+        cards[model.name] = {"arch": card.arch, "precision": card.precision, "input_size": card.preprocessing.input_size,
+                             "classes": card.num_classes, "file": str(model.path), "providers": list(model.providers),
+                             "weights": manifest.get(model.name, {}).get("weights", "as exported"),
+                             "int8_gate": manifest.get(model.name, {}).get("judgement")}
+        decode_ms[model.name] = {kind: raw.decode_ms(files[kind], card.preprocessing, serving.max_pixels) for kind in files}
+        say(f"{model.name}: decode + preprocess " + ", ".join(f"{k} {v:.1f} ms" for k, v in decode_ms[model.name].items()))
+        path, model = model.path, None
+        raw_points += raw.sweep(path, serving, config.raw_seconds, on_point=lambda p: say(
+            f"raw ORT {p.model} batch {p.batch}: {p.images_per_s:.1f} img/s, {p.p50_ms:.1f} ms per batch"))
+
+    results = {
+        "meta": _meta(config, command, serving, manifest),
+        "models": cards,
+        "payloads": {k: {"description": payload_files.DESCRIPTIONS[k], "files": [str(p) for p in v],
+                         "bytes": [p.stat().st_size for p in v]} for k, v in files.items()},
+        "decode_ms": decode_ms,
+        "raw": [asdict(p) for p in raw_points],
+        "service": _service_runs(config, models_dir, cards, files, serving),
+        "baseline": _baseline_runs(config, cards, files, serving) if config.baseline else [],
+    }
+    raw_best = {m: max(p["images_per_s"] for p in results["raw"] if p["model"] == m) for m in cards}
+    for r in results["service"]:
+        r["x_raw_best"] = round(r["images_per_s"] / raw_best[r["model"]], 3)
+    results["targets"] = report.targets(results)
+    results["meta"]["load_average_end"] = os.getloadavg()
+    paths = report.write(results, out)
+    say(f"wrote {paths['json']}, {paths['table']} and {paths['plot']}")
+    return results
+
+
+def _models(config: BenchConfig) -> tuple[Path, dict]:
+    """The models folder, and the bench's manifest of how its own models were made (if it made them)."""
+    if config.models is not None:
+        manifest = config.models / "bench-models.json"
+        return config.models, json.loads(manifest.read_text()) if manifest.is_file() else {}
+    from bench import models  # imports torch and the exporter: only when the bench builds models
+
+    folder = config.out / "models"
+    return folder, models.build(folder, log=say)
+
+
+def _service_runs(config: BenchConfig, models_dir: Path, cards: dict, files: dict, serving) -> list[dict]:
+    levels = [(m, k, c) for m in cards for k in files for c in config.concurrency]
+    if config.url is None:
+        if config.only:  # serve only the measured models: less memory, a shorter warm-up
+            models_dir = _subset(config.out / "logs" / "served-models", [Path(c["file"]) for c in cards.values()])
+        say(f"starting resnet-serve on {models_dir} {' '.join(config.serve_args)}".rstrip())
+        server = servers.start_service(models_dir, next(iter(cards)), config.serve_args, config.out / "logs")
+        url, pid = server.url, server.pid
+    else:
+        server, url, pid = None, config.url.rstrip("/"), None
+        with urllib.request.urlopen(url + "/health/ready", timeout=5):
+            pass
+    runs = []
+    try:
+        for index, (model, kind, concurrency) in enumerate(levels, 1):
+            result = servers.run_load(url, f"/classify?model={model}", files[kind], concurrency, config.warmup_s,
+                                      config.duration_s, pid)
+            runs.append(_level(result, model, cards[model], kind, (result.get("batch_sizes") or {}).get(model)))
+            say(f"[{index}/{len(levels)}] service {model} {kind} c={concurrency}: {_summary(runs[-1])}")
+    finally:
+        if server is not None:
+            server.stop()
+    return runs
+
+
+def _subset(folder: Path, model_files: list[Path]) -> Path:
+    """A models folder of symlinks to just these models' folders."""
+    if folder.exists():
+        for link in folder.iterdir():
+            link.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in model_files:
+        (folder / path.parent.name).symlink_to(path.parent.resolve(), target_is_directory=True)
+    return folder
+
+
+def _baseline_runs(config: BenchConfig, cards: dict, files: dict, serving) -> list[dict]:
+    runs = []
+    for model, card in cards.items():
+        if card["precision"] != "fp32":
+            continue  # eager PyTorch has no int8 path for these files: the baseline is the fp32 network
+        say(f"starting the PyTorch eager baseline for {model} ({serving.intra_op_threads} threads)")
+        with servers.start_baseline(Path(card["file"]), serving.intra_op_threads, config.out / "logs") as server:
+            for kind in files:
+                for concurrency in config.baseline_concurrency:
+                    result = servers.run_load(server.url, "/classify", files[kind], concurrency, config.warmup_s,
+                                              config.duration_s, server.pid, metrics=False)
+                    runs.append(_level(result, model, card, kind, 1.0))
+                    say(f"baseline {model} {kind} c={concurrency}: {_summary(runs[-1])}")
+    return runs
+
+
+def _level(result: dict, model: str, card: dict, payload: str, mean_batch) -> dict:
+    latencies = result.pop("latencies_ms")
+    result.pop("batch_sizes", None)
+    return {"model": model, "precision": card["precision"], "payload": payload, **result, "mean_batch": mean_batch,
+            "latency_samples": len(latencies)}
+
+
+def _summary(r: dict) -> str:
+    errors = f", errors {r['errors']}" if r["errors"] else ""
+    batch = f", mean batch {r['mean_batch']:.2f}" if r.get("mean_batch") else ""
+    return f"{r['images_per_s']:.1f} img/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms{batch}{errors}"
+
+
+def _meta(config: BenchConfig, command: str, serving, manifest: dict) -> dict:
+    import onnxruntime
+
+    labels = sorted({entry["weights"] for entry in manifest.values()})
+    return {
+        "command": command,
+        "out": str(config.out),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "cpu": _cpu_name(),
+        "cpus": os.cpu_count(),
+        "load_average_start": os.getloadavg(),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "serve_config": {k: str(v) for k, v in vars(serving).items()},
+        "bench_config": {k: str(v) for k, v in asdict(config).items()},
+        "weights_label": ", ".join(labels) if labels else None,
+        "client": "bench.load: asyncio HTTP/1.1 keep-alive, one process",
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

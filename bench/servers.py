@@ -1,0 +1,109 @@
+"""Processes the bench starts: resnet-serve, the PyTorch eager baseline, and one load generator run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+READY_TIMEOUT_S = 300.0  # resnet152 fp32 + int8 warm-up at every batch shape takes a while on 2 busy cores
+
+
+@dataclass
+class Process:
+    """A server the bench started, its URL and its log file."""
+
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within 30 s."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> Process:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _python_module(module: str) -> list[str]:
+    return [sys.executable, "-m", module]
+
+
+def _start(command: list[str], log_path: Path, port: int) -> Process:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    server = Process(f"http://127.0.0.1:{port}", process, log_path)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{' '.join(command[:3])} exited with {process.returncode}:\n{tail}")
+        try:
+            with urllib.request.urlopen(server.url + "/health/ready", timeout=2) as answer:
+                if answer.status == 200:
+                    return server
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(f"{' '.join(command[:3])} was not ready within {READY_TIMEOUT_S:.0f} s; log: {log_path}")
+
+
+def start_service(models: Path, default_model: str, serve_args: tuple[str, ...], log_dir: Path) -> Process:
+    """resnet-serve on a free port, waited on until /health/ready says 200."""
+    port = free_port()
+    command = [*_python_module("service.cli"), "--models", str(models), "--port", str(port),
+               "--default-model", default_model, "--log-level", "warning", *serve_args]
+    return _start(command, log_dir / "resnet-serve.log", port)
+
+
+def start_baseline(model_file: Path, threads: int, log_dir: Path) -> Process:
+    """The PyTorch eager baseline (bench.baseline) for one model file."""
+    port = free_port()
+    command = [*_python_module("bench.baseline"), "--model", str(model_file), "--port", str(port), "--threads", str(threads)]
+    return _start(command, log_dir / f"baseline-{model_file.parent.name}.log", port)
+
+
+def run_load(url: str, path: str, payloads: list[Path], concurrency: int, warmup_s: float, duration_s: float,
+             server_pid: int | None, metrics: bool = True) -> dict:
+    """One closed-loop run in its own process (bench.load); its result as a dict."""
+    command = [*_python_module("bench.load"), "--url", url, "--path", path, "--concurrency", str(concurrency),
+               "--warmup-s", str(warmup_s), "--duration-s", str(duration_s)]
+    command += [arg for p in payloads for arg in ("--payload", str(p))]
+    if server_pid is not None:
+        command += ["--server-pid", str(server_pid)]
+    if not metrics:
+        command.append("--no-metrics")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=warmup_s + duration_s + 300)
+    if done.returncode != 0:
+        raise RuntimeError(f"the load generator failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout)
