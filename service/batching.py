@@ -34,8 +34,9 @@ class Batcher(Generic[In, Out]):
     """Gathers items submitted by many coroutines into calls of `run_batch(items) -> outputs`.
 
     Contract: a batch starts once `max_batch_size` items wait, or once `max_delay_s` has passed since
-    the oldest waiting item arrived, whichever is first; a batch is never empty and one batch runs at
-    a time (items arriving meanwhile form the next one). Items from one `submit` keep their order and
+    the oldest waiting item arrived, whichever is first, or at once when the optional `incoming()`
+    hint says no other item is on its way; a batch is never empty and one batch runs at a time
+    (items arriving meanwhile form the next one). Items from one `submit` keep their order and
     may span batches. `run_batch` must return one output per input; if it raises, or returns the wrong
     count, exactly the callers in that batch get the error. At most `queue_size` items wait: a
     `submit` that would exceed it raises `Overloaded` at once. An item whose deadline has passed
@@ -50,6 +51,7 @@ class Batcher(Generic[In, Out]):
         queue_size: int,
         on_batch: Callable[[list[float]], None] | None = None,
         name: str = "batcher",
+        incoming: Callable[[], int] | None = None,
     ) -> None:
         if max_batch_size < 1 or queue_size < 1 or max_delay_s < 0:
             raise ValueError(
@@ -62,6 +64,10 @@ class Batcher(Generic[In, Out]):
         self.queue_size = queue_size
         self.on_batch = on_batch  # called with each item's queue wait (seconds) as a batch starts
         self.name = name
+        # Items admitted upstream and not yet submitted (still decoding, say). When none are, no item
+        # can join a partial batch within the delay but a new request, so waiting would only add
+        # latency: at concurrency 1 it is all the delay would do.
+        self.incoming = incoming
         self._queue: deque[_Item] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -71,6 +77,13 @@ class Batcher(Generic[In, Out]):
     def pending(self) -> int:
         """Items waiting for a batch (not counting the batch that is running)."""
         return len(self._queue)
+
+    def nudge(self) -> None:
+        """Re-check the hint now: an item that `incoming()` counted will not come (its caller failed)."""
+        self._wake.set()
+
+    def _more_coming(self) -> bool:
+        return self.incoming is None or self.incoming() > 0
 
     def start(self) -> None:
         """Start the batching loop on the running event loop."""
@@ -120,16 +133,19 @@ class Batcher(Generic[In, Out]):
                 await self._wake.wait()
             # Wait for a full batch, at most max_delay_s after the oldest item arrived: if a batch ran
             # long, that moment has already passed and whatever waits goes at once.
-            if len(self._queue) < self.max_batch_size and not self._closing:
+            if self._should_wait():
                 try:
                     async with asyncio.timeout_at(self._queue[0].enqueued_at + self.max_delay_s):
-                        while len(self._queue) < self.max_batch_size and not self._closing:
+                        while self._should_wait():
                             self._wake.clear()
                             await self._wake.wait()
                 except TimeoutError:
                     pass
             batch = [self._queue.popleft() for _ in range(min(self.max_batch_size, len(self._queue)))]
             await self._run(batch, loop.time())
+
+    def _should_wait(self) -> bool:
+        return len(self._queue) < self.max_batch_size and not self._closing and self._more_coming()
 
     async def _run(self, batch: list[_Item], started: float) -> None:
         live = []

@@ -45,9 +45,16 @@ class ModelPipeline:
         # One thread: the batcher runs one batch at a time, and ORT parallelises inside the run.
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{model.name}")
         self.batcher: Batcher[np.ndarray, np.ndarray] = Batcher(
-            self._run_batch, config.max_batch_size, config.max_delay_s, config.queue_size, self._on_batch, model.name
+            self._run_batch,
+            config.max_batch_size,
+            config.max_delay_s,
+            config.queue_size,
+            self._on_batch,
+            model.name,
+            incoming=lambda: self.decoding,
         )
         self.inflight = 0  # images admitted and not yet answered: decoding, queued or in a batch
+        self.decoding = 0  # images admitted and not yet queued for the batcher
         self.batch_seconds = 0.0  # moving average of one batch's inference time, for Retry-After
 
     def start(self) -> None:
@@ -70,8 +77,13 @@ class ModelPipeline:
                 retry_after_s=math.ceil(batches_ahead * self.batch_seconds),
             )
         self.inflight += count
+        self.decoding += count
         try:
-            arrays = await self._decode(payloads)
+            try:
+                arrays = await self._decode(payloads)
+            finally:
+                self.decoding -= count
+                self.batcher.nudge()  # a batch waiting for these images may go now, or without them
             return await self.batcher.submit(arrays, deadline)
         finally:
             self.inflight -= count

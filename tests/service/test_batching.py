@@ -195,3 +195,41 @@ def test_close_runs_what_is_queued_then_refuses_new_items():
 def test_bad_settings_are_refused_with_the_values():
     with pytest.raises(ValueError, match="got 0, 1, 0.01"):
         Batcher(Recorder(), max_batch_size=0, max_delay_s=0.01, queue_size=1)
+
+
+def test_a_partial_batch_goes_at_once_when_nothing_else_is_on_its_way():
+    async def main():
+        fn = Recorder()
+        on_its_way = [1]  # one more item is still "decoding" upstream
+        batcher = Batcher(fn, max_batch_size=8, max_delay_s=3600, queue_size=10, incoming=lambda: on_its_way[0])
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit([1]))
+        await asyncio.sleep(0.05)
+        assert fn.batches == []  # waits: the hint says another item is coming
+        on_its_way[0] = 0
+        second = asyncio.ensure_future(batcher.submit([2]))  # it arrives; nothing else is coming
+        results = await asyncio.gather(first, second)
+        alone = await batcher.submit([3])  # concurrency 1: no wait at all, despite the hour's delay
+        await batcher.close()
+        return fn.batches, results, alone
+
+    batches, results, alone = run(main())
+    assert batches == [[1, 2], [3]]
+    assert results == [[2], [4]] and alone == [6]
+
+
+def test_nudge_releases_a_batch_whose_expected_item_will_not_come():
+    async def main():
+        fn = Recorder()
+        on_its_way = [1]
+        batcher = Batcher(fn, max_batch_size=8, max_delay_s=3600, queue_size=10, incoming=lambda: on_its_way[0])
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit([1]))
+        await asyncio.sleep(0.05)
+        on_its_way[0] = 0  # the other upload failed to decode
+        batcher.nudge()
+        result = await first
+        await batcher.close()
+        return fn.batches, result
+
+    assert run(main()) == ([[1]], [2])

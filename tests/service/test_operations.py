@@ -11,6 +11,7 @@ import time
 
 import httpx
 import pytest
+from PIL import Image
 
 from service.preprocess import prepare
 
@@ -59,40 +60,51 @@ def test_64_concurrent_uploads_are_batched_and_each_gets_its_own_answer(server, 
     print(f"64 uploads ran in {batches_run:.0f} batches, mean batch size {images_run / batches_run:.1f}")
 
 
+def slow_png(rgb: tuple[int, int, int]) -> bytes:
+    """A 5000x5000 one-colour PNG: 84 KB to send, but 25 MP to inflate, convert and resize, which
+    keeps a decode thread busy for a few hundred ms (330 ms measured on the shared 2-core box)."""
+    return encode(Image.new("RGB", (5000, 5000), rgb), "PNG")
+
+
 @pytest.fixture(scope="module")
 def tight(models_dir, tmp_path_factory):
-    """A server whose batches wait 3 s to fill, with room for 3 images and a 1.5 s deadline."""
+    """A server with a 50 ms deadline, a 100 kB body limit, and room for 2 images decoded one at a time."""
     server = start_server(
-        models_dir, tmp_path_factory.mktemp("tight"), "--providers", "cpu", "--max-batch-size", "64",
-        "--max-delay-ms", "3000", "--queue-size", "3", "--request-timeout-s", "1.5", "--max-body-bytes", "100000",
+        models_dir, tmp_path_factory.mktemp("tight"), "--providers", "cpu", "--request-timeout-s", "0.05",
+        "--queue-size", "2", "--decode-threads", "1", "--max-body-bytes", "100000",
     )  # fmt: skip
     yield server
     server.stop()
 
 
-def post(url: str, data: bytes, **kwargs) -> httpx.Response:
-    return httpx.post(url + "/classify", content=data, headers={"Content-Type": "image/jpeg"}, timeout=30, **kwargs)
+def post(url: str, data: bytes, content_type: str = "image/jpeg", **kwargs) -> httpx.Response:
+    return httpx.post(url + "/classify", content=data, headers={"Content-Type": content_type}, timeout=30, **kwargs)
 
 
 def test_504_when_a_request_waits_past_its_deadline(tight):
-    response = post(tight.url, encode(photo("color.png"), quality=90))
+    response = post(tight.url, slow_png((90, 140, 200)), "image/png")
     assert response.status_code == 504, response.text
-    assert response.json()["error"]["code"] == "deadline_exceeded"
+    error = response.json()["error"]
+    assert error["code"] == "deadline_exceeded" and "0.05 s" in error["message"]
 
 
-def test_a_full_queue_answers_503_with_retry_after(tight):
-    data = encode(photo("color.png"), quality=90)
-    waiting = [threading.Thread(target=post, args=(tight.url, data)) for _ in range(3)]
-    for thread in waiting:
-        thread.start()
-    wait_for_queue_depth(tight.url, 3)  # the three wait for their batch (and time out at 1.5 s)
-    response = post(tight.url, data)
-    for thread in waiting:
-        thread.join()
+def test_a_full_queue_answers_503_with_retry_after(models_dir, tmp_path):
+    # Two slow decodes, one at a time, fill a queue of 2 for most of a second.
+    server = start_server(models_dir, tmp_path, "--providers", "cpu", "--queue-size", "2", "--decode-threads", "1")
+    try:
+        waiting = [threading.Thread(target=post, args=(server.url, slow_png((i, 0, 0)), "image/png")) for i in (1, 2)]
+        for thread in waiting:
+            thread.start()
+        wait_for_queue_depth(server.url, 2)
+        response = post(server.url, encode(photo("color.png"), quality=90))
+        for thread in waiting:
+            thread.join()
+    finally:
+        server.stop()
     assert response.status_code == 503, response.text
     assert int(response.headers["retry-after"]) >= 1
     error = response.json()["error"]
-    assert error["code"] == "overloaded" and "3 of 3 images in flight" in error["message"]
+    assert error["code"] == "overloaded" and "2 of 2 images in flight" in error["message"]
 
 
 def test_413_for_a_body_over_the_limit_announced_or_streamed(tight):
@@ -122,7 +134,7 @@ def test_ready_only_after_warm_up_and_sigterm_drains_in_flight_requests(models_d
     # Enough warm-up runs that the port opens well before the models are warm.
     server = start_server(
         models_dir, tmp_path, "--providers", "cpu", "--warmup-runs", "150", "--max-batch-size", "8",
-        "--max-delay-ms", "2000", wait_ready=False,
+        "--decode-threads", "1", wait_ready=False,
     )  # fmt: skip
     try:
         ready = httpx.get(server.url + "/health/ready")
@@ -136,16 +148,16 @@ def test_ready_only_after_warm_up_and_sigterm_drains_in_flight_requests(models_d
             assert time.monotonic() < deadline, "never became ready"
             time.sleep(0.05)
 
-        images = variants(5)
+        images = [slow_png(rgb) for rgb in ((200, 30, 30), (30, 200, 30), (30, 30, 200))]
         results: list = [None] * len(images)
 
         def upload(i: int) -> None:
-            results[i] = post(server.url, images[i], params={"top_k": 1})
+            results[i] = post(server.url, images[i], "image/png", params={"top_k": 1})
 
         threads = [threading.Thread(target=upload, args=(i,)) for i in range(len(images))]
         for thread in threads:
             thread.start()
-        wait_for_queue_depth(server.url, len(images))  # all five wait for their batch (2 s delay)
+        wait_for_queue_depth(server.url, len(images))  # all three in flight: decoding one at a time
         server.process.send_signal(signal.SIGTERM)
         for thread in threads:
             thread.join()
