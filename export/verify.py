@@ -37,6 +37,9 @@ def session(proto: onnx.ModelProto, providers: list[str] = CPU) -> ort.Inference
     """An ONNX Runtime session on the in-memory graph, warnings off (they go to stdout)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: the fp16 graph's CPU fallback warns per node
+    # Idle intra-op threads spin by default; next to other processes on few cores that spinning
+    # steals the time the working threads need (verification is not the place to chase latency).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(proto.SerializeToString(), options, providers=providers)
 
 

@@ -1,0 +1,162 @@
+"""Export cost and ONNX Runtime CPU throughput of fp32, fp16 and int8, measured side by side.
+
+    python -m export.benchmark CHECKPOINT [CHECKPOINT ...] --out results/export-bench
+    python -m export.benchmark results/models/checkpoints/resnet18.pt --batches 1 8 --rounds 5
+
+For each checkpoint it runs resnet-export three times (fp32, fp16, int8) into OUT, timing each
+export end to end (trace, verification, calibration, write) and recording the file size. Then it
+loads every model into a CPU session and measures images/s at each batch size in interleaved rounds
+(each round gives every model `--seconds` of back-to-back calls), reporting the median round, so a
+neighbour's burst of CPU use hits all models alike instead of whichever ran last. Results go to
+stdout as a table and to OUT/benchmark.json with the command and the machine.
+
+On this project's CPU, ONNX Runtime runs the fp16 graph in float32 (export/fp16.py says why), so fp16
+shows the cost of its Cast nodes here; its speed-up belongs to the CUDA provider.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from artifact import ModelCard
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to export and how long to measure."""
+
+    checkpoints: tuple[Path, ...]  # resnet-train checkpoints, each exported in every precision
+    out: Path  # models folder for the exports and benchmark.json
+    batches: tuple[int, ...] = (1, 8)  # batch sizes measured (issue 3: 1 and 8)
+    rounds: int = 5  # interleaved measuring rounds; the median is reported
+    seconds: float = 2.0  # wall time per model, batch size and round
+    threads: int = 0  # ONNX Runtime intra-op threads; 0 = its default (one per physical core)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One model at one batch size."""
+
+    name: str  # served name, e.g. resnet18-int8
+    precision: str  # fp32, fp16 or int8
+    batch: int  # images per call
+    images_per_s: float  # median over rounds
+    spread: tuple[float, float]  # slowest and fastest round, images/s
+
+
+def export_all(config: BenchConfig) -> list[dict]:
+    """Export every checkpoint in every precision; returns name, precision, seconds, bytes per model."""
+    from export.exporter import export_checkpoint
+
+    made = []
+    for checkpoint in config.checkpoints:
+        for precision in PRECISIONS:
+            start = time.monotonic()
+            path = export_checkpoint(checkpoint, config.out, precision=precision)
+            seconds = time.monotonic() - start
+            made.append({"name": path.parent.name, "precision": precision, "path": str(path),
+                         "export_s": round(seconds, 1), "bytes": path.stat().st_size})
+    return made
+
+
+def _session(path: str, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def measure(models: list[dict], config: BenchConfig) -> list[Row]:
+    """Interleaved rounds over every (model, batch); the median round's images/s per pair."""
+    sessions, inputs = {}, {}
+    for model in models:
+        sess = _session(model["path"], config.threads)
+        card = ModelCard.from_metadata(sess.get_modelmeta().custom_metadata_map)
+        size = card.preprocessing.input_size
+        for batch in config.batches:
+            x = np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
+            sess.run(None, {card.input_name: x})  # warm-up: first call allocates and picks kernels
+            sessions[model["name"], batch] = (sess, card.input_name)
+            inputs[model["name"], batch] = x
+    speeds: dict[tuple[str, int], list[float]] = {key: [] for key in sessions}
+    for round_ in range(config.rounds):
+        for key, (sess, input_name) in sessions.items():
+            feed, calls, start = {input_name: inputs[key]}, 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - start) < config.seconds:
+                sess.run(None, feed)
+                calls += 1
+            speeds[key].append(calls * key[1] / elapsed)
+        print(f"round {round_ + 1}/{config.rounds} done", file=sys.stderr, flush=True)
+    precision = {m["name"]: m["precision"] for m in models}
+    return [Row(name, precision[name], batch, statistics.median(s), (min(s), max(s)))
+            for (name, batch), s in speeds.items()]
+
+
+def table(models: list[dict], rows: list[Row]) -> str:
+    """Markdown: one line per model, export time, size, then images/s per batch size."""
+    batches = sorted({r.batch for r in rows})
+    speed = {(r.name, r.batch): r.images_per_s for r in rows}
+    head = "| model | precision | export s | MB | " + " | ".join(f"img/s @ batch {b}" for b in batches) + " |"
+    lines = [head, "|" + " --- |" * (4 + len(batches))]
+    for m in models:
+        cells = " | ".join(f"{speed[m['name'], b]:.1f}" for b in batches)
+        lines.append(f"| {m['name']} | {m['precision']} | {m['export_s']} | {m['bytes'] / 1e6:.1f} | {cells} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: python -m export.benchmark."""
+    p = argparse.ArgumentParser(prog="python -m export.benchmark", description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoints", nargs="+", type=Path)
+    p.add_argument("--out", type=Path, default=Path("results/export-bench"))
+    p.add_argument("--batches", type=int, nargs="+", default=list(BenchConfig.batches))
+    p.add_argument("--rounds", type=int, default=BenchConfig.rounds)
+    p.add_argument("--seconds", type=float, default=BenchConfig.seconds)
+    p.add_argument("--threads", type=int, default=BenchConfig.threads)
+    args = p.parse_args(argv)
+    config = BenchConfig(tuple(args.checkpoints), args.out, tuple(args.batches), args.rounds, args.seconds, args.threads)
+    load_before = os.getloadavg()
+    models = export_all(config)
+    rows = measure(models, config)
+    print(table(models, rows))
+    report = {
+        "command": "python -m export.benchmark " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "onnxruntime": ort.__version__,
+                    # other processes on the box skew every number alike; this says how busy it was
+                    "load_average_before_after": [load_before, os.getloadavg()]},
+        "config": {**asdict(config), "checkpoints": [str(c) for c in config.checkpoints], "out": str(config.out)},
+        "models": models,
+        "throughput": [asdict(r) for r in rows],
+    }
+    target = config.out / "benchmark.json"
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, target)
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
