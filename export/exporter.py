@@ -46,6 +46,8 @@ def run(config: ExportConfig) -> Path:
     target = config.out_dir / config.model_name(arch) / MODEL_FILE
     _require_writable(target.parent)
     model = _network(payload)
+    record, source = _data(config, payload, pre)  # before the slow steps: bad data fails fast
+    val = _validation_set(record, source, payload, pre, required=config.precision != "fp32", progress=progress)
 
     with progress.step(f"exporting {arch} at {pre.input_size}x{pre.input_size} to ONNX opset {config.opset}"):
         try:
@@ -56,7 +58,6 @@ def run(config: ExportConfig) -> Path:
         if not graph.batch_dim(fp32):
             raise verify.VerificationError("the exported graph has a fixed batch size; expected a dynamic one")
 
-    val = _validation_set(payload, pre, required=config.precision != "fp32", progress=progress)
     reference = verify.session(fp32)
     with progress.step(f"checking fp32 parity with torch at batch {', '.join(map(str, PARITY_BATCHES))}"):
         if val is not None:
@@ -73,7 +74,7 @@ def run(config: ExportConfig) -> Path:
             final = fp16.to_fp16(fp32)
             verify.check_graph(final)
     elif config.precision == "int8":
-        final = _quantize(fp32, payload, pre, config, progress)
+        final = _quantize(fp32, record, source, pre, config, progress)
     if config.precision != "fp32":
         providers = verify.fp16_providers() if config.precision == "fp16" else verify.CPU
         indices = images.sample(val, config.eval_images)
@@ -131,13 +132,27 @@ def _network(payload: dict) -> torch.nn.Module:
     return model.eval()
 
 
-def _validation_set(payload: dict, pre: Preprocessing, required: bool, progress: Progress):
-    """The recorded dataset's val split, checked to label classes in the checkpoint's order.
+def _data(config: ExportConfig, payload: dict, pre: Preprocessing) -> tuple[dict, str]:
+    """The dataset record that calibrates and judges, and how to name it in messages.
+
+    --calibration-data replaces the recorded dataset for both: a checkpoint imported from
+    torchvision's ImageNet weights records no images, so `--calibration-data /data/imagenet` is how
+    its int8 and fp16 exports get training images to calibrate on and val images to be judged on."""
+    if config.calibration_data is None:
+        return payload["dataset"], "the recorded dataset"
+    try:
+        return data.record_for(config.calibration_data, input_size=pre.input_size), repr(config.calibration_data)
+    except data.DataError as error:
+        raise ExportError(f"--calibration-data: {_first_line(error)}") from error
+
+
+def _validation_set(record: dict, source: str, payload: dict, pre: Preprocessing, required: bool, progress: Progress):
+    """The val split of `record`, checked to label classes in the checkpoint's order.
 
     fp32 parity can run on seeded noise when the data is not on this machine (a checkpoint imported
     from torchvision's ImageNet weights, say); fp16 and int8 need labelled images, so they refuse."""
     try:
-        val = images.load_split(payload["dataset"], "val", pre, "verification")
+        val = images.load_split(record, "val", pre, f"verification ({source})")
     except ExportError as error:
         if required:
             raise
@@ -145,31 +160,21 @@ def _validation_set(payload: dict, pre: Preprocessing, required: bool, progress:
         return None
     ids = getattr(val, "class_ids", None)
     if ids is not None and list(ids) != list(payload["class_ids"]):
-        raise ExportError(f"the recorded dataset's classes {list(ids)[:5]}... differ from the checkpoint's "
+        raise ExportError(f"the classes of {source} {list(ids)[:5]}... differ from the checkpoint's "
                           f"{payload['class_ids'][:5]}...: its validation labels cannot judge this model")
     return val
 
 
-def _quantize(fp32: onnx.ModelProto, payload: dict, pre: Preprocessing, config: ExportConfig,
+def _quantize(fp32: onnx.ModelProto, record: dict, source: str, pre: Preprocessing, config: ExportConfig,
               progress: Progress) -> onnx.ModelProto:
-    """Static int8 calibrated on training images of --calibration-data or the recorded dataset."""
-    if config.calibration_data is None:
-        record, source = payload["dataset"], "the recorded dataset"
-    else:
-        try:
-            record = data.record_for(config.calibration_data, input_size=pre.input_size)
-        except data.DataError as error:
-            raise ExportError(f"--calibration-data: {_first_line(error)}") from error
-        source = repr(config.calibration_data)
-    train = images.load_split(record, "train", pre, "int8 calibration")
+    """Static int8 calibrated on training images of `record`."""
+    train = images.load_split(record, "train", pre, f"int8 calibration ({source})")
     indices = images.sample(train, config.calibration_images)
     with progress.step(f"calibrating int8 on {len(indices)} training images of {source}"):
         batches = images.batches(train, indices, config.batch_size)
         counted = _counting(batches, len(indices), progress)
         try:
             quantized = int8.to_int8(fp32, graph.INPUT_NAME, counted)
-        except ExportError:
-            raise
         except Exception as error:  # noqa: BLE001 - the quantizer raises many types
             raise ExportError(f"int8 quantization failed: {_first_line(error)}") from error
         verify.check_graph(quantized)

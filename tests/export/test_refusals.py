@@ -134,3 +134,23 @@ def test_cli_subprocess_refusal_is_one_line_with_exit_2(models_dir, tmp_path):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("resnet-export: error: ")
     assert result.stdout == ""
+
+
+def test_missing_calibration_data_is_refused(models_dir, capsys, tiny_checkpoints, tmp_path):
+    line = _refused([str(tiny_checkpoints["resnet20"]), "--out", str(models_dir), "--precision", "int8",
+                     "--calibration-data", str(tmp_path / "no-such-data")], capsys, models_dir)
+    assert "--calibration-data" in line and "no-such-data" in line
+
+
+def test_without_recorded_images_fp32_checks_parity_on_noise_but_int8_needs_data(models_dir, capsys,
+                                                                                tiny_checkpoints, tmp_path):
+    # Like a checkpoint imported from torchvision's weights: it names a dataset this machine lacks.
+    payload = checkpoint.load(tiny_checkpoints["resnet20"])
+    payload["dataset"] = {"kind": "torchvision-weights", "dataset": "ImageNet-1k", "weights": "test"}
+    imported = checkpoint.save(payload, tmp_path / "imported.pt")
+    line = _refused([str(imported), "--out", str(models_dir), "--precision", "int8"], capsys, models_dir)
+    assert "cannot load the val images for verification" in line
+
+    assert main([str(imported), "--out", str(tmp_path / "fp32")]) == 0
+    assert "checking fp32 parity on seeded random inputs instead" in capsys.readouterr().err
+    assert (tmp_path / "fp32" / "resnet20" / "model.onnx").is_file()
