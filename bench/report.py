@@ -106,8 +106,12 @@ def targets_table(checks: list[dict]) -> str:
 def write(results: dict, out: Path) -> dict[str, Path]:
     """results.json, table.md and results.png in `out`, each written atomically."""
     out.mkdir(parents=True, exist_ok=True)
+    meta = results["meta"]
     text = "\n\n".join((
-        f"Service and baseline (payload {TARGET_PAYLOAD}: {results['payloads'].get(TARGET_PAYLOAD, {}).get('description', '')})",
+        f"Service and baseline, measured {meta['started']} on {meta['cpus']} x {meta['cpu']} (1-minute load "
+        f"{meta['load_average_start'][0]:.2f} at the start, {meta['load_average_end'][0]:.2f} at the end); "
+        f"models: {meta.get('weights_label') or 'as exported'}; payloads: " + "; ".join(
+            f"{k} = {v['description']}" for k, v in results["payloads"].items()),
         markdown(COLUMNS, rows(results)),
         "Raw ONNX Runtime (same model files, same threads, no decoding)",
         raw_table(results),

@@ -64,7 +64,7 @@ def test_raw_onnx_runtime_is_swept_from_batch_1_to_the_service_maximum(bench_run
 def test_table_json_and_png_are_written_and_progress_is_shown(bench_run):
     out, done, results = bench_run
     table = (out / "table.md").read_text()
-    assert table.startswith("Service and baseline") and "| service | resnet18 | fp32 | photo | 1 |" in table
+    assert table.startswith("Service and baseline, measured") and "| service | resnet18 | fp32 | photo | 1 |" in table
     assert "| torch eager | resnet18 | fp32 | photo | 2 |" in table and "Raw ONNX Runtime" in table
     assert done.stdout.strip() == table.strip()  # the table is also what the command prints
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
