@@ -220,6 +220,9 @@ def _write(proto: onnx.ModelProto, target: Path) -> None:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        # mkstemp creates the file 0600; give it the mode open() would (0666 less the umask), so a
+        # server running as another user (the container images' uid 10001) can read what we write.
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(proto.SerializeToString())
             f.flush()
@@ -234,3 +237,10 @@ def _write(proto: onnx.ModelProto, target: Path) -> None:
             except OSError:
                 pass
         raise ExportError(f"cannot write {str(target)!r}: {error.strerror or error}") from error
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it, so set it straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
