@@ -50,8 +50,8 @@ class ServeConfig:
     port: int = _opt(8000, "TCP port to listen on")
     default_model: str = _opt("resnet18", "model used when a request names none")
     # Batching defaults are a first measurement on the 2-core dev box (README, section Serving), kept
-    # by resnet-bench (README, section Performance; a contended run): raw ORT gains at most 10% from
-    # batch 1 to 8 on 224x224 resnet18/152 (int8 loses past 2), and batches are full (8.00) at c >= 16.
+    # by resnet-bench on an idle box (README, section Performance): fp32 raw ORT gains under 10% from
+    # batch 1 to 8 on 224x224 resnet18/152, and batches are full (8.00) at concurrency >= 16.
     max_batch_size: int = _opt(8, "most images in one inference")
     max_delay_ms: float = _opt(2.0, "longest wait, in ms after the first queued image, for a batch to fill")
     queue_size: int = _opt(128, "most images admitted per model (decoding, queued or running) before 503")
