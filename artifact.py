@@ -13,9 +13,12 @@ preprocessing as JSON. Reading checks every key and names the one that is missin
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
 from dataclasses import asdict, dataclass
-from typing import Mapping
+from pathlib import Path
+from typing import BinaryIO, Callable, Mapping
 
 FORMAT_VERSION = 1  # bump when a key changes meaning; readers refuse newer versions
 PREFIX = "resnet_serving."  # namespaces our keys among other tools' metadata_props
@@ -25,6 +28,28 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
 class ArtifactError(ValueError):
     """A checkpoint or model file does not follow this contract; the message names the problem."""
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Call `write(file)` on a temp file beside `path`, fsync, then rename it over `path`: readers see
+    the old file or the whole new one, never half of one. On any error the temp file is removed."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        # mkstemp creates the file 0600; give it the mode open() would (0666 less the umask), so a
+        # server running as another user (the container images' uid 10001) can read what we write.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def depth_of(arch: str) -> int:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import datetime
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
 
-from artifact import ArtifactError, ModelCard, Preprocessing
+from artifact import ArtifactError, ModelCard, Preprocessing, write_atomically
 from export import fp16, graph, images, int8, verify
 from export.config import PARITY_BATCHES, ExportConfig, ExportError
 from export.progress import Progress
@@ -216,31 +215,13 @@ def _write(proto: onnx.ModelProto, target: Path) -> None:
     """Temp file beside the target, fsync, rename; on failure remove the temp file and any folder
     this call created, so a failed write leaves the models folder as it was."""
     created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
-    tmp = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        # mkstemp creates the file 0600; give it the mode open() would (0666 less the umask), so a
-        # server running as another user (the container images' uid 10001) can read what we write.
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(proto.SerializeToString())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+        write_atomically(target, lambda f: f.write(proto.SerializeToString()))
     except OSError as error:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
         for folder in created:  # deepest first
             try:
                 folder.rmdir()
             except OSError:
                 pass
         raise ExportError(f"cannot write {str(target)!r}: {error.strerror or error}") from error
-
-
-def _umask() -> int:
-    """The process umask (reading it means setting it, so set it straight back)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
-from artifact import ArtifactError, Preprocessing
+from artifact import ArtifactError, Preprocessing, write_atomically
 
 FORMAT = "resnet-serving.checkpoint"
 FORMAT_VERSION = 1
@@ -98,19 +97,7 @@ def save(payload: dict, path: str | os.PathLike) -> Path:
     validate(payload, str(path))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    # mkstemp creates the file 0600; give it the mode open() would (0666 less the umask), so a
-    # server running as another user (the container images' uid 10001) can read what we write.
-    os.chmod(tmp, 0o666 & ~_umask())
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda f: torch.save(payload, f))
     return path
 
 
@@ -136,10 +123,3 @@ def sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _umask() -> int:
-    """The process umask (reading it means setting it, so set it straight back)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

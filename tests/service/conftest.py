@@ -11,9 +11,11 @@ import io
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,3 +162,12 @@ def assert_answers(predictions: list[dict], expected: np.ndarray, card: ModelCar
     chosen = {p["class_index"] for p in predictions}
     rest = [float(expected[i]) for i in range(card.num_classes) if i not in chosen]
     assert not rest or min(probabilities) >= max(rest) - 1e-5
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header announces width x height, followed by almost no pixel data."""
+    data = bytearray(encode(Image.new("RGB", (1, 1)), "PNG"))
+    ihdr = struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return bytes(data)

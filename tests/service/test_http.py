@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import struct
 import time
-import zlib
 
 import httpx
 import pytest
@@ -12,7 +10,7 @@ from PIL import Image
 
 from service.preprocess import prepare
 
-from .conftest import assert_answers, encode, photo, variants
+from .conftest import assert_answers, encode, photo, png_claiming, variants
 
 LIMIT = 50_000_000  # the default max_pixels
 
@@ -166,17 +164,9 @@ def test_404_lists_the_available_models(server, references, jpeg):
     error_of(httpx.get(server.url + "/classify"), 405, "method_not_allowed")
 
 
-def _png_claiming(width: int, height: int) -> bytes:
-    data = bytearray(encode(Image.new("RGB", (1, 1)), "PNG"))
-    ihdr = struct.pack(">II", width, height) + bytes(data[24:29])
-    data[16:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    return bytes(data)
-
-
 def test_413_for_a_pixel_bomb_and_too_many_files(server, jpeg):
     error = error_of(
-        post_image(server.url + "/classify", _png_claiming(10_000, 10_000), "image/png"), 413, "too_many_pixels"
+        post_image(server.url + "/classify", png_claiming(10_000, 10_000), "image/png"), 413, "too_many_pixels"
     )
     assert "100000000 pixels" in error["message"] and error["max_pixels"] == LIMIT
     files = [("images", (f"{i}.jpg", b"x", "image/jpeg")) for i in range(33)]  # the default max_images is 32

@@ -5,8 +5,6 @@ These tests may import torch and torchvision (the reference); service/ itself ne
 
 from __future__ import annotations
 
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -16,7 +14,7 @@ from artifact import Preprocessing
 from service.errors import BadImage, TooManyPixels
 from service.preprocess import decode, prepare, resized_size, to_input
 
-from .conftest import IMAGES, PHOTOS, encode, photo  # noqa: F401 - IMAGES documents where photos live
+from .conftest import IMAGES, PHOTOS, encode, photo, png_claiming  # noqa: F401 - IMAGES documents where photos live
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 LIMIT = 50_000_000
@@ -148,24 +146,15 @@ def test_cmyk_jpeg_becomes_rgb():
     assert np.abs(np.asarray(decoded, dtype=int) - [255, 0, 0]).max() < 12
 
 
-def _png_claiming(width: int, height: int) -> bytes:
-    """A PNG whose header announces width x height, followed by almost no pixel data."""
-    data = bytearray(encode(Image.new("RGB", (1, 1)), "PNG"))
-    ihdr = struct.pack(">II", width, height) + bytes(data[24:29])
-    data[16:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    return bytes(data)
-
-
 @pytest.mark.parametrize("side", [8000, 20000])  # 64 MP over our limit; 400 MP over Pillow's own too
 def test_a_decompression_bomb_is_refused_from_its_header(side):
     with pytest.raises(TooManyPixels, match="pixels"):
-        decode(_png_claiming(side, side), LIMIT)
+        decode(png_claiming(side, side), LIMIT)
 
 
 def test_within_the_pixel_limit_the_same_forged_file_is_merely_corrupt():
     with pytest.raises(BadImage, match="corrupt or truncated"):
-        decode(_png_claiming(64, 64), LIMIT)
+        decode(png_claiming(64, 64), LIMIT)
 
 
 @pytest.mark.parametrize(
