@@ -65,7 +65,8 @@ def run(config: ExportConfig) -> Path:
             inputs = np.random.default_rng(0).standard_normal((max(PARITY_BATCHES), 3, pre.input_size, pre.input_size))
         for p in verify.parity(model, reference, inputs.astype(np.float32)):
             progress.say(f"  batch {p.batch}: max |ORT - torch| {p.max_abs_diff:.2e} (max |logit| "
-                         f"{p.max_abs_logit:.3g}), top-5 identical")
+                         f"{p.max_abs_logit:.3g}), top-5 identical"
+                         + (f" up to ties within the tolerance in {p.top5_ties} image(s)" if p.top5_ties else ""))
 
     final = fp32
     if config.precision == "fp16":
@@ -128,6 +129,10 @@ def _network(payload: dict) -> torch.nn.Module:
         model.load_state_dict(payload["model"], strict=True)
     except RuntimeError as error:
         raise ExportError(f"checkpoint weights do not fit {payload['arch']}: {_first_line(error)}") from error
+    bad = checkpoint.non_finite(payload["model"])
+    if bad:
+        raise ExportError(f"checkpoint weights hold NaN or infinity in {', '.join(bad[:3])}"
+                          f"{' ...' if len(bad) > 3 else ''} (a diverged or damaged run)")
     return model.eval()
 
 

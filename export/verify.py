@@ -57,7 +57,21 @@ class Parity:
     batch: int  # images in the call
     max_abs_diff: float  # max |ORT logit - torch logit| over the batch
     max_abs_logit: float  # max |torch logit|: the scale the tolerance is relative to
-    top5_identical: bool  # every image's ordered top-5 class list is the same in both
+    top5_ties: int  # images whose ordered top-5 differs only between classes tied within the tolerance
+
+
+def top_k_agreement(expected: np.ndarray, got: np.ndarray, k: int, allowed: float) -> tuple[bool, int]:
+    """Whether `got` ranks every row's top k like `expected`, and in how many rows only by ties.
+
+    Two classes whose expected logits lie within `allowed` of each other are a tie that numerical
+    noise may break either way (the low-ranked classes of a 10-class model often sit 1e-5 apart),
+    so either order is right: rank by rank, the class `got` puts there must have an expected logit
+    within `allowed` of the one `expected` puts there."""
+    top_expected = np.argsort(-expected, axis=1, kind="stable")[:, :k]
+    top_got = np.argsort(-got, axis=1, kind="stable")[:, :k]
+    rows = np.arange(len(expected))[:, None]
+    gap = np.abs(expected[rows, top_got] - expected[rows, top_expected])
+    return bool((gap <= allowed).all()), int((top_expected != top_got).any(axis=1).sum())
 
 
 def parity(model: torch.nn.Module, sess: ort.InferenceSession, images: np.ndarray,
@@ -75,19 +89,20 @@ def parity(model: torch.nn.Module, sess: ort.InferenceSession, images: np.ndarra
         (got,) = sess.run(None, {input_name: x})
         if got.shape != expected.shape:
             raise VerificationError(f"batch {b}: ONNX output shape {got.shape}, torch {expected.shape}")
-        k = min(5, expected.shape[1])
-        top_expected = np.argsort(-expected, axis=1, kind="stable")[:, :k]
-        top_got = np.argsort(-got, axis=1, kind="stable")[:, :k]
-        results.append(Parity(b, float(np.abs(got - expected).max()), float(np.abs(expected).max()),
-                              bool((top_expected == top_got).all())))
-        result = results[-1]
-        if not np.isfinite(got).all() or result.max_abs_diff > PARITY_TOLERANCE * result.max_abs_logit:
+        if not np.isfinite(expected).all():
+            raise VerificationError(f"fp32 parity failed at batch {b}: torch's own logits are not finite")
+        max_abs_diff, max_abs_logit = float(np.abs(got - expected).max()), float(np.abs(expected).max())
+        allowed = PARITY_TOLERANCE * max_abs_logit
+        if not np.isfinite(got).all() or max_abs_diff > allowed:
             raise VerificationError(
-                f"fp32 parity failed at batch {b}: max |ORT - torch| = {result.max_abs_diff:.3g}, "
-                f"allowed {PARITY_TOLERANCE:g} x max |logit| = {PARITY_TOLERANCE * result.max_abs_logit:.3g}"
+                f"fp32 parity failed at batch {b}: max |ORT - torch| = {max_abs_diff:.3g}, "
+                f"allowed {PARITY_TOLERANCE:g} x max |logit| = {allowed:.3g}"
             )
-        if not result.top5_identical:
+        k = min(5, expected.shape[1])
+        agree, ties = top_k_agreement(expected, got, k, allowed)
+        if not agree:
             raise VerificationError(f"fp32 parity failed at batch {b}: ONNX and torch top-{k} classes differ")
+        results.append(Parity(b, max_abs_diff, max_abs_logit, ties))
     return results
 
 

@@ -56,6 +56,12 @@ class CheckpointError(Exception):
     """A file that is missing, unreadable or not a checkpoint of ours; the message says which."""
 
 
+def non_finite(state_dict: dict) -> list[str]:
+    """Names of the floating-point tensors that hold a NaN or an infinity."""
+    return [key for key, value in state_dict.items()
+            if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all()]
+
+
 def clean_state_dict(state_dict: dict) -> dict:
     """Strip the DDP and torch.compile prefixes so the keys match a plain torchvision model."""
     cleaned = {}

@@ -47,7 +47,9 @@ FLAGS = {
     "--momentum": ("momentum", float, "SGD momentum (default 0.9)"),
     "--weight-decay": ("weight_decay", float, "weight decay (default 1e-4)"),
     "--lr-milestones": ("lr_milestones", _int_list, "comma-separated steps where lr drops 10x (default: recipe)"),
-    "--warmup-steps": ("warmup_steps", int, "steps at lr/10 first (default: 400 for CIFAR nets of 110+ layers, else 0)"),
+    "--warmup-steps": ("warmup_steps", int, "warm-up steps before the peak lr (default: 400 for CIFAR nets of 110+ layers, else 0)"),
+    "--warmup-method": ("warmup_method", str, "constant (default: lr/10 throughout) or linear (lr/10 ramping to the peak)"),
+    "--lr-schedule": ("lr_schedule", str, "step (default: /10 at each milestone) or cosine (half-cosine to 0, no milestones)"),
     "--seed": ("seed", int, "random seed (default 0)"),
     "--workers": ("workers", int, "data loading processes per training process (default 2)"),
     "--amp-dtype": ("amp_dtype", str, "CUDA autocast type: fp16 (default) or bf16; the CPU uses bf16"),
@@ -108,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"resnet-train: error: {message}", file=sys.stderr)
         return 2
+    except FloatingPointError as error:  # the run diverged: not bad input, but still one line
+        print(f"resnet-train: error: {error}", file=sys.stderr)
+        return 1
     except SystemExit as stop:  # argparse: --help (0) or a bad flag (2, its line already printed)
         return int(stop.code or 0)
     except KeyboardInterrupt:

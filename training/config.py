@@ -7,10 +7,17 @@ stores, so `--resume` continues with exactly the same schedule.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 
 from training import models
 from artifact import depth_of
+
+
+# The paper's choices first; the others are torchvision's reference-script options (--lr-scheduler
+# cosineannealinglr, --lr-warmup-method linear), which converge faster on short runs.
+WARMUP_METHODS = ("constant", "linear")
+LR_SCHEDULES = ("step", "cosine")
 
 
 @dataclass(frozen=True)
@@ -26,7 +33,9 @@ class TrainConfig:
     momentum: float = 0.9  # SGD momentum (sec. 3.4)
     weight_decay: float = 1e-4  # L2 penalty on every weight (sec. 3.4)
     lr_milestones: tuple[int, ...] = ()  # steps at which lr is divided by 10; (): recipe fractions of the run
-    warmup_steps: int = -1  # steps at lr/10 before the peak (sec. 4.2, 110+ layers); -1: recipe (400 or 0)
+    warmup_steps: int = -1  # warm-up steps before the peak (sec. 4.2, 110+ layers); -1: recipe (400 or 0)
+    warmup_method: str = "constant"  # "constant": lr/10 throughout (sec. 4.2); "linear": lr/10 ramping to the peak
+    lr_schedule: str = "step"  # "step": /10 at each milestone (sec. 3.4); "cosine": half-cosine to 0 after warm-up
     zero_init_residual: bool = False  # start each residual branch at zero (Goyal et al. sec. 5.1)
     seed: int = 0  # seeds init, data order, augmentation and the synthetic images
     workers: int = 2  # DataLoader worker processes per training process (0: load in the main process)
@@ -48,6 +57,10 @@ class TrainConfig:
             raise ValueError(f"log_every must be >= 1, got {self.log_every}")
         if self.lr < 0:
             raise ValueError(f"lr must be >= 0, got {self.lr}")
+        if self.warmup_method not in WARMUP_METHODS:
+            raise ValueError(f"warmup_method must be one of {WARMUP_METHODS}, got {self.warmup_method!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.amp_dtype not in ("fp16", "bf16"):
             raise ValueError(f"amp_dtype must be 'fp16' or 'bf16', got {self.amp_dtype!r}")
         object.__setattr__(self, "lr_milestones", tuple(int(m) for m in self.lr_milestones))
@@ -104,7 +117,10 @@ def resolve(config: TrainConfig, train_len: int, world_size: int) -> TrainConfig
 def lr_factor(step: int, config: TrainConfig) -> float:
     """Multiplier of the peak lr at `step` (0-based) for a resolved config."""
     if step < config.warmup_steps:
-        return 0.1
+        return 0.1 if config.warmup_method == "constant" else 0.1 + 0.9 * step / config.warmup_steps
+    if config.lr_schedule == "cosine":
+        done = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
     return 0.1 ** sum(step >= m for m in config.lr_milestones)
 
 

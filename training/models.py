@@ -76,6 +76,28 @@ def native_input_size(arch: str) -> int:
     return 32 if is_cifar(arch) else 224
 
 
+def strided_convs_on_one_pixel(arch: str, image_size: int) -> list[str]:
+    """Names of the arch's strided k>1 convolutions that see a 1x1 input at this input size.
+
+    On the CPU, oneDNN's bf16 weight gradient for such a convolution is wrong: the taps that only
+    ever see zero padding get garbage or NaN instead of 0 (torch 2.14.1 on an AMX CPU; a 2x2 input
+    is fine). The forward pass skips those taps, so the loss looks healthy while the weights rot;
+    the trainer runs these convolutions in float32 under --amp on the CPU."""
+    with torch.device("meta"):  # shapes only: no memory, no compute, no draw on the global RNG
+        model = build(arch, 1).eval()
+    hits: list[str] = []
+
+    def spot(name: str):
+        return lambda module, args: hits.append(name) if tuple(args[0].shape[-2:]) == (1, 1) else None
+
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and max(module.stride) > 1 and max(module.kernel_size) > 1:
+            module.register_forward_pre_hook(spot(name))
+    with torch.no_grad():
+        model(torch.zeros(1, 3, image_size, image_size, device="meta"))
+    return hits
+
+
 def build(arch: str, num_classes: int, zero_init_residual: bool = False) -> nn.Module:
     """A freshly initialised network; zero_init_residual zeroes each residual branch's last BN."""
     if not (isinstance(num_classes, int) and num_classes >= 1):

@@ -98,6 +98,17 @@ class _Dist:
             dist.destroy_process_group()
 
 
+def _run_in_fp32(module: torch.nn.Module) -> None:
+    """Run `module` outside autocast, in float32; its parameters and state-dict keys stay as they are."""
+    plain = type(module).forward
+
+    def forward(x):
+        with torch.autocast(x.device.type, enabled=False):
+            return plain(module, x.float())
+
+    module.forward = forward
+
+
 def _rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": list(np.random.get_state())}
     state["numpy"][1] = torch.from_numpy(state["numpy"][1].astype(np.int64))  # weights_only: tensors, not arrays
@@ -169,6 +180,9 @@ def _run(config: TrainConfig, resume, command: str, world: _Dist) -> Path:
     model = models.build(config.arch, len(train_set.class_ids), config.zero_init_residual)
     fmt = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=fmt)
+    if config.amp and not cuda:  # see models.strided_convs_on_one_pixel: those run in fp32
+        for name in models.strided_convs_on_one_pixel(config.arch, config.image_size):
+            _run_in_fp32(model.get_submodule(name))
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
@@ -199,7 +213,14 @@ def _run(config: TrainConfig, resume, command: str, world: _Dist) -> Path:
     val_loader = DataLoader(val_shard, max(config.batch_size, 64), **loader_args)
     steps_per_epoch = len(sampler.sampler) // config.batch_size
 
+    def check_finite() -> None:
+        bad = checkpoint.non_finite(model.state_dict())
+        if bad:
+            raise FloatingPointError(f"training diverged by step {step}: NaN or infinity in {', '.join(bad[:3])}"
+                                     f"{' ...' if len(bad) > 3 else ''}; stopped before writing them to a checkpoint")
+
     def save(metrics: dict) -> Path:
+        check_finite()
         payload = {
             "arch": config.arch, "num_classes": len(train_set.class_ids),
             "class_ids": list(train_set.class_ids), "class_names": list(train_set.class_names),
@@ -248,6 +269,7 @@ def _run(config: TrainConfig, resume, command: str, world: _Dist) -> Path:
                 seconds = time.monotonic() - window[3]
                 stats = {"loss": window[0] / window[2], "acc": 100 * window[1] / window[2],
                          "img_per_s": window[2] * world.world / seconds, "lr": optimizer.param_groups[0]["lr"]}
+                check_finite()  # a bad weight can hide behind a finite loss: stop early, name it
                 bar.update(done, **stats)
                 if world.main:
                     _log(out, {"event": "train", "epoch": epoch + 1, "step": step, **stats})

@@ -107,11 +107,20 @@ def test_weights_of_another_arch_are_refused(models_dir, capsys, tiny_checkpoint
     assert "do not fit resnet32" in line
 
 
-def test_failed_verification_writes_nothing_and_keeps_the_served_model(models_dir, capsys, tiny_checkpoints, tmp_path):
-    # A NaN in the classifier bias: the graph exports and passes onnx.checker, but its logits
-    # cannot match torch's, so parity must refuse it before the served model is touched.
+def test_non_finite_weights_are_refused_by_name(models_dir, capsys, tiny_checkpoints, tmp_path):
     payload = checkpoint.load(tiny_checkpoints["resnet20"])
     payload["model"]["fc.bias"][3] = float("nan")
+    broken = checkpoint.save(payload, tmp_path / "broken.pt")
+    line = _refused([str(broken), "--out", str(models_dir)], capsys, models_dir)
+    assert "checkpoint weights hold NaN or infinity in fc.bias" in line
+
+
+def test_failed_verification_writes_nothing_and_keeps_the_served_model(models_dir, capsys, tiny_checkpoints, tmp_path):
+    # A negative BatchNorm variance: every weight is finite and the graph exports and passes
+    # onnx.checker, but torch's logits are NaN, so parity must refuse it before the served model
+    # is touched.
+    payload = checkpoint.load(tiny_checkpoints["resnet20"])
+    payload["model"]["bn1.running_var"][0] = -1.0
     broken = checkpoint.save(payload, tmp_path / "broken.pt")
     line = _refused([str(broken), "--out", str(models_dir)], capsys, models_dir)
     assert "fp32 parity failed at batch 1" in line

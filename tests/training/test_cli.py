@@ -52,8 +52,17 @@ def test_bad_input_is_one_line_exit_2_and_overwrites_nothing(tmp_path, trained, 
     fails_cleanly(["--resume", str(trained), "--arch", "resnet18", *keep], capsys, "is a resnet20, not a resnet18")
     fails_cleanly(["--resume", str(trained), "--lr", "0.3", *keep], capsys, "lr 0.3 differs")
     fails_cleanly(["--max-steps", "many", *keep], capsys, "invalid int value: 'many'")
+    fails_cleanly([*ARGS, "--lr-schedule", "linear", *keep], capsys, "lr_schedule must be one of")
     assert (out / "checkpoint.pt").read_bytes() == b"precious"
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt"]
+
+
+def test_a_diverging_run_stops_with_one_line_naming_the_tensors_and_writes_no_checkpoint(tmp_path, capsys):
+    out = tmp_path / "diverged"
+    assert cli.main([*ARGS, "--max-steps", "3", "--lr", "1e30", "--log-every", "1", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("resnet-train: error: training diverged by step ") and "NaN or infinity in conv1.weight" in err
+    assert not (out / "checkpoint.pt").exists()
 
 
 def test_resume_from_the_cli_continues_into_the_same_folder(tmp_path, trained):

@@ -126,3 +126,12 @@ def test_unknown_arch_is_a_value_error_naming_it_and_the_valid_ones():
         models.build("resnet19", 10)
     with pytest.raises(ValueError, match="num_classes"):
         models.build("resnet18", 0)
+
+
+def test_strided_convolutions_on_a_single_pixel_are_found_by_name():
+    # 16 px: the ImageNet stem and three stride-2 stages leave layer4 a 1x1 input; 20 px leaves 2x2
+    assert models.strided_convs_on_one_pixel("resnet152", 16) == ["layer4.0.conv2"]
+    assert models.strided_convs_on_one_pixel("resnet18", 16) == ["layer4.0.conv1"]
+    assert models.strided_convs_on_one_pixel("resnet18", 8) == ["layer3.0.conv1", "layer4.0.conv1"]
+    assert models.strided_convs_on_one_pixel("resnet152", 20) == []
+    assert models.strided_convs_on_one_pixel("resnet20", 8) == []  # CIFAR nets: no 1x1 map before the pool

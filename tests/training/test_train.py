@@ -1,6 +1,7 @@
 """The training loop: checkpoints that describe themselves, exact resume, the recipes, DDP via torchrun."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -68,6 +69,23 @@ def test_amp_bf16_and_channels_last_train_on_the_cpu(tiny):
     assert all(v.dtype in (torch.float32, torch.int64) for v in state["model"].values())
 
 
+def test_amp_on_the_cpu_leaves_padding_only_taps_without_gradient(tiny):
+    # At 16 px resnet18's layer4.0.conv1 (3x3, stride 2) sees a 1x1 input, so only its centre tap
+    # touches data and the other eight must get exactly zero gradient: with weight decay alone,
+    # SGD then scales all of them by one common factor. oneDNN's bf16 weight gradient puts garbage
+    # or NaN there, which the trainer avoids by running that convolution in float32.
+    config = replace(tiny, arch="resnet18", image_size=16, batch_size=16, max_steps=4, amp=True, channels_last=True)
+    torch.manual_seed(config.seed)
+    before = models.build("resnet18", 10).state_dict()["layer4.0.conv1.weight"]
+    after = checkpoint.load(train.run(config))["model"]["layer4.0.conv1.weight"]
+    edge = torch.ones(3, 3, dtype=torch.bool)
+    edge[1, 1] = False
+    ratio = after[:, :, edge] / before[:, :, edge]
+    assert torch.isfinite(after).all()
+    assert torch.allclose(ratio, ratio.flatten()[0], rtol=1e-4) and 0.99 < ratio.flatten()[0] <= 1
+    assert not torch.allclose(after[:, :, 1, 1], before[:, :, 1, 1] * ratio.flatten()[0])  # the centre learned
+
+
 def test_recipes_follow_the_paper():
     cifar = resolve(TrainConfig(arch="resnet110"), train_len=50000, world_size=1)
     assert (cifar.batch_size, cifar.max_steps, cifar.lr_milestones, cifar.warmup_steps) == (128, 64000, (32000, 48000), 400)
@@ -85,6 +103,21 @@ def test_lr_factor_warms_up_then_steps_down_tenfold():
     config = resolve(TrainConfig(arch="resnet110", max_steps=100, lr_milestones=(50, 75), warmup_steps=10), 1000, 1)
     assert [lr_factor(s, config) for s in (0, 9, 10, 49)] == [0.1, 0.1, 1.0, 1.0]
     assert lr_factor(50, config) == pytest.approx(0.1) and lr_factor(99, config) == pytest.approx(0.01)
+
+
+def test_lr_factor_linear_warmup_then_cosine_to_zero():
+    config = resolve(TrainConfig(max_steps=110, warmup_steps=10, warmup_method="linear", lr_schedule="cosine"), 1000, 1)
+    assert [lr_factor(s, config) for s in (0, 5)] == [pytest.approx(0.1), pytest.approx(0.55)]
+    assert lr_factor(10, config) == pytest.approx(1.0)  # the peak right after the warm-up
+    assert lr_factor(60, config) == pytest.approx(0.5)  # half way through the decay
+    assert lr_factor(109, config) == pytest.approx(0.5 * (1 + math.cos(math.pi * 99 / 100)))
+    assert lr_factor(110, config) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("field, value", [("warmup_method", "cosine"), ("lr_schedule", "linear")])
+def test_unknown_schedule_names_are_refused_naming_the_choices(field, value):
+    with pytest.raises(ValueError, match=f"{field} must be one of .* got '{value}'"):
+        TrainConfig(**{field: value})
 
 
 def test_resume_refuses_changes_other_than_length_and_outputs():
