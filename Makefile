@@ -28,8 +28,8 @@ test: install
 # The synthetic set at 16 px: its shapes and textures stay distinct there, and a smaller input
 # both trains faster and learns sooner (resnet18, 200 steps: 97.8% at 16 px, 94.4% at 32 px).
 # bf16 autocast, channels-last, zero-init residuals (each block starts as the identity, so the
-# 152-layer net trains from step 0), a linear warm-up and a cosine decay, which converge in fewer
-# steps than the paper's step decay on a run this short. Measured results: README, section Training.
+# 152-layer net trains from step 0), a linear warm-up and a cosine decay (slightly ahead of the
+# paper's step decay on a run this short). Measured results: README, section Training.
 SYNTHETIC_RECIPE := --data synthetic --image-size 16 --batch-size 64 --zero-init-residual --amp --channels-last \
 	--warmup-method linear --lr-schedule cosine --val-size 1000 --seed 0
 
