@@ -28,6 +28,7 @@ from pathlib import Path
 from bench import payloads as payload_files
 from bench import raw, report, servers
 from bench.config import BenchConfig, BenchError, parse
+from bench.machine import cpu_name
 from service import config as serve_config
 from service.runtime import ModelLoadError, discover, load_model
 
@@ -190,7 +191,7 @@ def _meta(config: BenchConfig, command: str, serving, manifest: dict) -> dict:
         "command": command,
         "out": str(config.out),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpus": os.cpu_count(),
         "load_average_start": os.getloadavg(),
         "python": platform.python_version(),
@@ -200,16 +201,6 @@ def _meta(config: BenchConfig, command: str, serving, manifest: dict) -> dict:
         "weights_label": ", ".join(labels) if labels else None,
         "client": "bench.load: asyncio HTTP/1.1 keep-alive, one process",
     }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

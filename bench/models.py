@@ -25,6 +25,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from artifact import write_atomically
+
 ARCHS = ("resnet18", "resnet152")
 PRECISIONS = ("fp32", "int8")
 INPUT_SIZE = 224
@@ -124,9 +126,7 @@ def _tee_stderr(copy: io.StringIO):
 
 def _write_json(path: Path, value) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    tmp.replace(path)
+    write_atomically(path, lambda f: f.write((json.dumps(value, indent=2) + "\n").encode()))
 
 
 def _now() -> str:

@@ -11,12 +11,13 @@
 
 from __future__ import annotations
 
-import io
 import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from artifact import write_atomically
 
 IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "images"
 PHOTOS = ("motorcycle_right.png", "color.png", "coins.png")
@@ -68,11 +69,7 @@ def _crop(image: Image.Image, w: int, h: int) -> Image.Image:
 
 
 def _write(path: Path, image: Image.Image) -> None:
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=QUALITY)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(path)
+    write_atomically(path, lambda f: image.save(f, "JPEG", quality=QUALITY))
 
 
 if __name__ == "__main__":

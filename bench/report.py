@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+from typing import BinaryIO
+
+from artifact import write_atomically
 
 # The issue's targets (issue 5, "Targets on this 2-core machine"), for fp32 224x224 models and the
 # ~500x375 photo payload.
@@ -119,22 +121,13 @@ def write(results: dict, out: Path) -> dict[str, Path]:
         targets_table(results["targets"]),
     )) + "\n"
     paths = {"json": out / "results.json", "table": out / "table.md", "plot": out / "results.png"}
-    _atomic(paths["json"], lambda p: p.write_text(json.dumps(results, indent=2) + "\n"))
-    _atomic(paths["table"], lambda p: p.write_text(text))
-    _atomic(paths["plot"], lambda p: plot(results, p))
+    write_atomically(paths["json"], lambda f: f.write((json.dumps(results, indent=2) + "\n").encode()))
+    write_atomically(paths["table"], lambda f: f.write(text.encode()))
+    write_atomically(paths["plot"], lambda f: plot(results, f))
     return paths
 
 
-def _atomic(path: Path, write_to) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
-        write_to(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def plot(results: dict, path: Path) -> None:
+def plot(results: dict, path: Path | BinaryIO) -> None:
     """Throughput against p50 latency: one line per model through its concurrency levels, one panel
     per payload; raw ORT's batch sweep dashed, the eager baseline as crosses."""
     import matplotlib

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -29,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from artifact import ModelCard
+from artifact import ModelCard, write_atomically
+from bench.machine import cpu_name
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -134,28 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     print(table(models, rows))
     report = {
         "command": "python -m export.benchmark " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "onnxruntime": ort.__version__,
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "onnxruntime": ort.__version__,
                     # other processes on the box skew every number alike; this says how busy it was
                     "load_average_before_after": [load_before, os.getloadavg()]},
         "config": {**asdict(config), "checkpoints": [str(c) for c in config.checkpoints], "out": str(config.out)},
         "models": models,
         "throughput": [asdict(r) for r in rows],
     }
-    target = config.out / "benchmark.json"
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, target)
+    write_atomically(config.out / "benchmark.json", lambda f: f.write((json.dumps(report, indent=2) + "\n").encode()))
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":
