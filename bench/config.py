@@ -20,7 +20,7 @@ class BenchConfig:
 
     models: Path | None = None  # folder written by resnet-export; None: the bench's own 224x224 models
     url: str | None = None  # a running service to measure; None: start resnet-serve on `models`
-    out: Path = Path("results")  # results folder: results.json, results.png, table.txt, models/, payloads/
+    out: Path = Path("results")  # results folder: results.json, results.png, table.md, models/, payloads/
     only: tuple[str, ...] = ()  # served model names to measure; (): every model in the folder
     payloads: tuple[str, ...] = KINDS  # which request bodies (bench.payloads.KINDS)
     concurrency: tuple[int, ...] = (1, 4, 16, 64)  # closed-loop connections, one level after another
