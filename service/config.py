@@ -49,9 +49,8 @@ class ServeConfig:
     host: str = _opt("127.0.0.1", "interface to listen on")
     port: int = _opt(8000, "TCP port to listen on")
     default_model: str = _opt("resnet18", "model used when a request names none")
-    # Batching defaults are a first measurement on the 2-core dev box (docs/serving.md), kept
-    # by resnet-bench on an idle box (docs/performance.md): fp32 raw ORT gains under 10% from
-    # batch 1 to 8 on 224x224 resnet18/152, and batches are full (8.00) at concurrency >= 16.
+    # Batching defaults, kept by resnet-bench on an idle box (docs/performance.md): fp32 raw ORT gains
+    # under 10% from batch 1 to 8 on 224x224 resnet18/152, and batches are full (8.00) at concurrency >= 16.
     max_batch_size: int = _opt(8, "most images in one inference")
     max_delay_ms: float = _opt(2.0, "longest wait, in ms after the first queued image, for a batch to fill")
     queue_size: int = _opt(128, "most images admitted per model (decoding, queued or running) before 503")
