@@ -26,6 +26,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import cliconfig
+from artifact import git_commit
 from bench import payloads as payload_files
 from bench import raw, report, servers
 from bench.config import BenchConfig, BenchError, parse
@@ -189,6 +190,7 @@ def _meta(config: BenchConfig, command: str, serving, manifest: dict) -> dict:
     labels = sorted({entry["weights"] for entry in manifest.values()})
     return {
         "command": command,
+        "git_commit": git_commit(),  # the code measured; "-dirty" when it had uncommitted edits
         "out": str(config.out),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "cpu": cpu_name(),

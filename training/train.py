@@ -15,18 +15,15 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import sys
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-import torchvision
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
@@ -221,20 +218,15 @@ def _run(config: TrainConfig, resume, command: str, world: _Dist) -> Path:
 
     def save(metrics: dict) -> Path:
         check_finite()
-        payload = {
-            "arch": config.arch, "num_classes": len(train_set.class_ids),
-            "class_ids": list(train_set.class_ids), "class_names": list(train_set.class_names),
-            "preprocessing": pre.to_dict(), "dataset": record, "config": config.to_dict(), "metrics": metrics,
-            "model": model.state_dict(),
-            "train_state": {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                            "scaler": scaler.state_dict(), "rng": _rng_state(), "step": step,
-                            "epoch": step // steps_per_epoch},
-            "provenance": {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                           "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
-                           "host": socket.gethostname(), "command": command or " ".join(sys.argv),
-                           "world_size": world.world, "device": device.type},
-        }
-        return checkpoint.save(payload, out / "checkpoint.pt")
+        return checkpoint.Checkpoint(
+            arch=config.arch, class_ids=train_set.class_ids, class_names=train_set.class_names, preprocessing=pre,
+            dataset=record, config=config.to_dict(), metrics=checkpoint.Metrics(**metrics), model=model.state_dict(),
+            train_state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "scaler": scaler.state_dict(), "rng": _rng_state(), "step": step,
+                         "epoch": step // steps_per_epoch},
+            provenance=checkpoint.Provenance.here(command or " ".join(sys.argv), world_size=world.world,
+                                                  device=device.type),
+        ).save(out / "checkpoint.pt")
 
     if world.main:
         out.mkdir(parents=True, exist_ok=True)
