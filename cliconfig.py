@@ -97,8 +97,8 @@ class Parser:
             if _has_default(f):
                 text += f" (default: {_show(_default(f))})"
             text = text.replace("%", "%%")  # argparse formats help with %
-            if f.name in self.positional:
-                self.argparse.add_argument(f.name, help=text)
+            if f.name in self.positional:  # a tuple takes one or more values: `CHECKPOINT [CHECKPOINT ...]`
+                self.argparse.add_argument(f.name, help=text, nargs="+" if kind is tuple else None)
             elif kind is bool:
                 self.argparse.add_argument(self.flag(f), dest=f.name, action=argparse.BooleanOptionalAction, help=text)
             else:
@@ -136,6 +136,8 @@ class Parser:
 
     def _convert(self, f: dataclasses.Field, raw: Any, source: str) -> Any:
         kind, item = _unwrap(self.types[f.name])
+        if isinstance(raw, list):  # a positional tuple: one value per argument
+            return tuple(self._convert_item(f, item, source) for item in raw)
         if not isinstance(raw, str):  # a --flag/--no-flag switch: argparse already made it a bool
             return raw
         try:
@@ -145,6 +147,15 @@ class Parser:
         except ValueError:
             expected = _PLURALS.get(item, "comma-separated text") if kind is tuple else _NAMES.get(kind, "text")
             raise self.error(f"{source} must be {expected}, got {raw!r}") from None
+
+
+    def _convert_item(self, f: dataclasses.Field, raw: str, source: str) -> Any:
+        item = _unwrap(self.types[f.name])[1]
+        try:
+            return _scalar(item, raw)
+        except ValueError:
+            raise self.error(f"{source} must be {_PLURALS.get(item, 'text').removeprefix('comma-separated ')}, "
+                             f"got {raw!r}") from None
 
 
 def _scalar(kind: Any, text: str) -> Any:
