@@ -27,9 +27,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from training import checkpoint, data, models
+from training import checkpoint, data, models, progress
 from training.config import TrainConfig, lr_factor, resolve
-from training.progress import Progress
 
 
 class _Keyed(Dataset):
@@ -239,7 +238,8 @@ def _run(config: TrainConfig, resume, command: str, world: _Dist) -> Path:
     while step < config.max_steps:
         epoch, skip = divmod(step, steps_per_epoch)
         sampler.start(epoch, skip * config.batch_size)
-        bar = Progress(f"epoch {epoch + 1}", steps_per_epoch, enabled=world.main)
+        bar = progress.bar(f"epoch {epoch + 1}", steps_per_epoch, enabled=world.main, unit="step")
+        bar.update(skip)  # a resumed epoch starts where it stopped
         window = [0.0, 0.0, 0, time.monotonic()]  # loss sum, hits, images, start
         for images, labels in train_loader:
             images = images.to(device, non_blocking=True, memory_format=fmt)
@@ -262,7 +262,8 @@ def _run(config: TrainConfig, resume, command: str, world: _Dist) -> Path:
                 stats = {"loss": window[0] / window[2], "acc": 100 * window[1] / window[2],
                          "img_per_s": window[2] * world.world / seconds, "lr": optimizer.param_groups[0]["lr"]}
                 check_finite()  # a bad weight can hide behind a finite loss: stop early, name it
-                bar.update(done, **stats)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items()}, refresh=False)
+                bar.update(done - bar.n)
                 if world.main:
                     _log(out, {"event": "train", "epoch": epoch + 1, "step": step, **stats})
                 window = [0.0, 0.0, 0, time.monotonic()]
