@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,6 +51,24 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def git_commit(folder: str | os.PathLike | None = None) -> str | None:
+    """The git commit of the code in `folder` (default: this repository), with "-dirty" when tracked files
+    differ from it; None when the code is not a git checkout (an installed wheel) or git is missing.
+    Recorded in checkpoints, model cards and bench results, so every artifact names the code that made it."""
+    folder = Path(folder) if folder is not None else Path(__file__).resolve().parent
+    try:
+        top = subprocess.run(["git", "-C", str(folder), "rev-parse", "--show-toplevel"],
+                             capture_output=True, text=True, timeout=10)
+        # A wheel unpacked inside some other repository is not a checkout of this code.
+        if top.returncode or Path(top.stdout.strip()).resolve() != folder.resolve():
+            return None
+        done = subprocess.run(["git", "-C", str(folder), "describe", "--always", "--dirty", "--abbrev=40",
+                               "--match=^$"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
 
 
 def depth_of(arch: str) -> int:
@@ -127,6 +146,7 @@ class ModelCard:
     exported_at: str  # ISO 8601 UTC time of the export
     input_name: str = "input"  # graph input: float32 [batch, 3, input_size, input_size]
     output_name: str = "logits"  # graph output: float32 [batch, num_classes]
+    git_commit: str | None = None  # git_commit() of the exporting code; None outside a git checkout
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_ids", tuple(self.class_ids))
@@ -138,6 +158,8 @@ class ModelCard:
             )
         if self.precision not in PRECISIONS:
             raise ArtifactError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.git_commit is not None and not isinstance(self.git_commit, str):
+            raise ArtifactError(f"git_commit must be a string or None, got {self.git_commit!r}")
         depth_of(self.arch)
 
     @property
@@ -164,6 +186,7 @@ class ModelCard:
             "exported_at": self.exported_at,
             "input_name": self.input_name,
             "output_name": self.output_name,
+            "git_commit": json.dumps(self.git_commit),
         }
         return {PREFIX + key: value for key, value in values.items()}
 
@@ -202,4 +225,6 @@ class ModelCard:
             exported_at=get("exported_at"),
             input_name=get("input_name"),
             output_name=get("output_name"),
+            # Optional: files exported before the commit was recorded lack it (still format 1).
+            git_commit=parse("git_commit", json.loads) if PREFIX + "git_commit" in props else None,
         )

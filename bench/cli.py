@@ -25,6 +25,8 @@ import urllib.request
 from dataclasses import asdict
 from pathlib import Path
 
+import cliconfig
+from artifact import git_commit
 from bench import payloads as payload_files
 from bench import raw, report, servers
 from bench.config import BenchConfig, BenchError, parse
@@ -48,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         config = parse(sys.argv[1:] if argv is None else argv)
         results = run(config, " ".join(["resnet-bench", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]))
     except (BenchError, serve_config.ConfigError, ModelLoadError) as error:
-        print(f"resnet-bench: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
+        return cliconfig.fail("resnet-bench", error)
     except KeyboardInterrupt:
         print("resnet-bench: interrupted", file=sys.stderr)
         return 130
@@ -189,6 +190,7 @@ def _meta(config: BenchConfig, command: str, serving, manifest: dict) -> dict:
     labels = sorted({entry["weights"] for entry in manifest.values()})
     return {
         "command": command,
+        "git_commit": git_commit(),  # the code measured; "-dirty" when it had uncommitted edits
         "out": str(config.out),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "cpu": cpu_name(),

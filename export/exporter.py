@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import torch
 
-from artifact import ArtifactError, ModelCard, Preprocessing, write_atomically
+from artifact import ArtifactError, ModelCard, Preprocessing, git_commit, write_atomically
 from export import fp16, graph, images, int8, verify
 from export.config import PARITY_BATCHES, ExportConfig, ExportError
 from export.progress import Progress
@@ -211,6 +211,7 @@ def _card(payload: dict, digest: str, name: str, precision: str) -> ModelCard:
             torch_version=torch.__version__,
             onnx_version=onnx.__version__,
             exported_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            git_commit=git_commit(),
         )
     except ArtifactError as error:
         raise ExportError(f"checkpoint cannot describe an artifact: {error}") from error

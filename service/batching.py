@@ -98,6 +98,14 @@ class Batcher(Generic[In, Out]):
             await self._task
             self._task = None
 
+    async def __aenter__(self) -> Batcher[In, Out]:
+        """`async with Batcher(...) as batcher:` starts it, and closes it on the way out."""
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.close()
+
     async def submit(self, payloads: Sequence[In], deadline: float | None = None) -> list[Out]:
         """Queue `payloads` and wait for their outputs, in order. `deadline` is a `loop.time()`."""
         if self._closing or self._task is None:

@@ -20,6 +20,7 @@ import sys
 
 import uvicorn
 
+import cliconfig
 from service import logs
 from service.app import create_app
 from service.config import ConfigError, parse
@@ -33,14 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = parse(argv)
     except ConfigError as error:
-        print(f"resnet-serve: {error}", file=sys.stderr)
-        return 2
+        return cliconfig.fail("resnet-serve", error)
     logs.configure(config.log_level)
     try:
         models = load_models(config)
     except ModelLoadError as error:
-        print(f"resnet-serve: {error}", file=sys.stderr)
-        return 2
+        return cliconfig.fail("resnet-serve", error)
     log.info("starting", extra={"config": {k: str(v) for k, v in vars(config).items()}})
     server = uvicorn.Server(
         uvicorn.Config(

@@ -1,6 +1,6 @@
 """The service's settings: one frozen dataclass, set by flags and by RESNET_SERVE_<FIELD> variables.
 
-Every field is settable both ways, and this module is the one place that maps them: `--max-batch-size 8`
+Every field is settable both ways, and cliconfig.Parser maps them (`parser()` below): `--max-batch-size 8`
 and `RESNET_SERVE_MAX_BATCH_SIZE=8` set `ServeConfig.max_batch_size`; a flag beats the environment,
 the environment beats the default. Each field's `help` is its comment (unit and meaning) and the flag's
 help text. The deploy manifests (deploy/) use these variable names: keep them stable.
@@ -10,18 +10,19 @@ help text. The deploy manifests (deploy/) use these variable names: keep them st
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
+
+import cliconfig
 
 ENV_PREFIX = "RESNET_SERVE_"
 PROVIDER_NAMES = ("cuda", "cpu")  # runtime.PROVIDERS maps these to ONNX Runtime's names
 
 
-class ConfigError(ValueError):
+class ConfigError(cliconfig.UsageError):
     """A flag or environment variable holds a value the service cannot use; the message names it."""
 
 
@@ -38,7 +39,8 @@ def available_cpus() -> int:
 
 
 def _opt(default, help: str, **extra):
-    return field(default=default, metadata={"help": help, **extra})
+    """A field with its help text: the flag's help, the variable's meaning (cliconfig.option)."""
+    return cliconfig.option(default, help, **extra)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", Path(self.models))
+        object.__setattr__(self, "providers", tuple(p.lower() for p in self.providers))
         positive = ("max_batch_size", "queue_size", "max_body_bytes", "max_pixels", "max_images", "warmup_runs")
         for name in positive:
             if getattr(self, name) < 1:
@@ -94,55 +97,12 @@ class ServeConfig:
         return self.max_delay_ms / 1000.0
 
 
-def _converter(f):
-    """The str -> value function for a field, from its declared type."""
-    kind = f.type if isinstance(f.type, str) else f.type.__name__
-    if kind.startswith("tuple"):
-        return lambda text: tuple(part.strip().lower() for part in text.split(f.metadata["sep"]) if part.strip())
-    return {"Path": Path, "str": str, "int": int, "float": float}[kind]
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+def parser() -> cliconfig.Parser:
+    """The flags of resnet-serve, one per ServeConfig field, each with its RESNET_SERVE_* variable."""
+    return cliconfig.Parser(ServeConfig, prog="resnet-serve", description="Serve exported ResNet ONNX models over HTTP.",
+                            env_prefix=ENV_PREFIX, error=ConfigError)
 
 
 def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> ServeConfig:
     """Build the config from flags (argv) over environment variables (environ) over defaults."""
-    environ = os.environ if environ is None else environ
-    parser = _Parser(prog="resnet-serve", description="Serve exported ResNet ONNX models over HTTP.")
-    for f in fields(ServeConfig):
-        env = ENV_PREFIX + f.name.upper()
-        default = "" if f.default is MISSING else f" (default {_show(f.default)})"
-        parser.add_argument(
-            _flag(f.name), dest=f.name, metavar=f.name.upper(), help=f"{f.metadata['help']}; env {env}{default}"
-        )
-    args = vars(parser.parse_args(argv))
-    values = {}
-    for f in fields(ServeConfig):
-        env = ENV_PREFIX + f.name.upper()
-        raw, source = (args[f.name], _flag(f.name)) if args[f.name] is not None else (environ.get(env), env)
-        if raw is None:
-            continue
-        try:
-            values[f.name] = _converter(f)(raw)
-        except ValueError:
-            raise ConfigError(f"{source} must be {_describe(f)}, got {raw!r}") from None
-    if "models" not in values:
-        raise ConfigError(f"the models folder is required: --models DIR or {ENV_PREFIX}MODELS")
-    return ServeConfig(**values)
-
-
-def _show(value) -> str:
-    return ",".join(value) if isinstance(value, tuple) else str(value)
-
-
-def _describe(f) -> str:
-    kind = f.type if isinstance(f.type, str) else f.type.__name__
-    return {"int": "an integer", "float": "a number"}.get(kind, "text")
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line, as every CLI here does."""
-
-    def error(self, message: str):
-        raise ConfigError(message)
+    return ServeConfig(**parser().parse(argv, os.environ if environ is None else environ))

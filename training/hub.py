@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import urllib.error
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -53,19 +52,15 @@ def import_torchvision(arch: str, weights_name: str, out: str | os.PathLike, com
     pre = Preprocessing(transform.crop_size[0], transform.resize_size[0], tuple(transform.mean),
                         tuple(transform.std), transform.interpolation.value)
     published = weights.meta["_metrics"]["ImageNet-1K"]
-    payload = {
-        "arch": arch,
-        "num_classes": len(WNIDS),
-        "class_ids": list(WNIDS),
-        "class_names": list(weights.meta["categories"]),
-        "preprocessing": pre.to_dict(),
+    return checkpoint.Checkpoint(
+        arch=arch,
+        class_ids=WNIDS,
+        class_names=weights.meta["categories"],
+        preprocessing=pre,
         # build_dataset refuses this kind with a message: the ImageNet images are not part of the weights.
-        "dataset": {"kind": "torchvision-weights", "dataset": "ImageNet-1k", "weights": str(weights)},
-        "config": {"source": "torchvision", "weights": str(weights), "url": weights.url, "recipe": weights.meta["recipe"]},
-        "metrics": {"epoch": None, "step": None, "val_top1": published["acc@1"], "val_top5": published["acc@5"]},
-        "model": model.state_dict(),
-        "provenance": {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                       "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
-                       "command": command, "host": os.uname().nodename},
-    }
-    return checkpoint.save(payload, Path(out) / "checkpoint.pt")
+        dataset={"kind": "torchvision-weights", "dataset": "ImageNet-1k", "weights": str(weights)},
+        config={"source": "torchvision", "weights": str(weights), "url": weights.url, "recipe": weights.meta["recipe"]},
+        metrics=checkpoint.Metrics(val_top1=published["acc@1"], val_top5=published["acc@5"]),
+        model=model.state_dict(),
+        provenance=checkpoint.Provenance.here(command),
+    ).save(Path(out) / "checkpoint.pt")

@@ -15,24 +15,20 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import sys
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-import torchvision
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from training import checkpoint, data, models
+from training import checkpoint, data, models, progress
 from training.config import TrainConfig, lr_factor, resolve
-from training.progress import Progress
 
 
 class _Keyed(Dataset):
@@ -221,20 +217,15 @@ def _run(config: TrainConfig, resume, command: str, world: _Dist) -> Path:
 
     def save(metrics: dict) -> Path:
         check_finite()
-        payload = {
-            "arch": config.arch, "num_classes": len(train_set.class_ids),
-            "class_ids": list(train_set.class_ids), "class_names": list(train_set.class_names),
-            "preprocessing": pre.to_dict(), "dataset": record, "config": config.to_dict(), "metrics": metrics,
-            "model": model.state_dict(),
-            "train_state": {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                            "scaler": scaler.state_dict(), "rng": _rng_state(), "step": step,
-                            "epoch": step // steps_per_epoch},
-            "provenance": {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                           "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
-                           "host": socket.gethostname(), "command": command or " ".join(sys.argv),
-                           "world_size": world.world, "device": device.type},
-        }
-        return checkpoint.save(payload, out / "checkpoint.pt")
+        return checkpoint.Checkpoint(
+            arch=config.arch, class_ids=train_set.class_ids, class_names=train_set.class_names, preprocessing=pre,
+            dataset=record, config=config.to_dict(), metrics=checkpoint.Metrics(**metrics), model=model.state_dict(),
+            train_state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "scaler": scaler.state_dict(), "rng": _rng_state(), "step": step,
+                         "epoch": step // steps_per_epoch},
+            provenance=checkpoint.Provenance.here(command or " ".join(sys.argv), world_size=world.world,
+                                                  device=device.type),
+        ).save(out / "checkpoint.pt")
 
     if world.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -247,7 +238,8 @@ def _run(config: TrainConfig, resume, command: str, world: _Dist) -> Path:
     while step < config.max_steps:
         epoch, skip = divmod(step, steps_per_epoch)
         sampler.start(epoch, skip * config.batch_size)
-        bar = Progress(f"epoch {epoch + 1}", steps_per_epoch, enabled=world.main)
+        bar = progress.bar(f"epoch {epoch + 1}", steps_per_epoch, enabled=world.main, unit="step")
+        bar.update(skip)  # a resumed epoch starts where it stopped
         window = [0.0, 0.0, 0, time.monotonic()]  # loss sum, hits, images, start
         for images, labels in train_loader:
             images = images.to(device, non_blocking=True, memory_format=fmt)
@@ -270,7 +262,8 @@ def _run(config: TrainConfig, resume, command: str, world: _Dist) -> Path:
                 stats = {"loss": window[0] / window[2], "acc": 100 * window[1] / window[2],
                          "img_per_s": window[2] * world.world / seconds, "lr": optimizer.param_groups[0]["lr"]}
                 check_finite()  # a bad weight can hide behind a finite loss: stop early, name it
-                bar.update(done, **stats)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items()}, refresh=False)
+                bar.update(done - bar.n)
                 if world.main:
                     _log(out, {"event": "train", "epoch": epoch + 1, "step": step, **stats})
                 window = [0.0, 0.0, 0, time.monotonic()]
