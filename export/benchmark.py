@@ -25,11 +25,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 
 from artifact import ModelCard, write_atomically
 from bench.machine import cpu_name
+from service import preprocess
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -85,9 +85,8 @@ def measure(models: list[dict], config: BenchConfig) -> list[Row]:
     for model in models:
         sess = _session(model["path"], config.threads)
         card = ModelCard.from_metadata(sess.get_modelmeta().custom_metadata_map)
-        size = card.preprocessing.input_size
         for batch in config.batches:
-            x = np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
+            x = preprocess.random_batch(card.preprocessing, batch)  # the model's own input dtype and layout
             sess.run(None, {card.input_name: x})  # warm-up: first call allocates and picks kernels
             sessions[model["name"], batch] = (sess, card.input_name)
             inputs[model["name"], batch] = x

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from artifact import PRECISIONS
+from artifact import INPUT_DTYPES, PRECISIONS
 from export.config import MIN_OPSET, ExportConfig, ExportError
 
 USAGE_ERROR = 2
@@ -45,6 +45,10 @@ def parser() -> argparse.ArgumentParser:
                    help=f"int8: training images used to calibrate (default {defaults.calibration_images})")
     p.add_argument("--eval-images", type=int, default=defaults.eval_images,
                    help=f"fp16/int8: validation images that judge them against fp32 (default {defaults.eval_images})")
+    p.add_argument("--input", default=defaults.input,
+                   help=f"the graph's input, one of {', '.join(INPUT_DTYPES)}: uint8 RGB pixels [N, S, S, 3] "
+                        f"normalised in the graph, or float32 [N, 3, S, S] normalised by the caller, as models "
+                        f"exported before issue 16 (default {defaults.input})")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
 
@@ -63,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             calibration_images=args.calibration_images,
             eval_images=args.eval_images,
             progress=not args.quiet,
+            input=args.input,
         )
         # Imported here so that --help and flag errors answer without loading torch (~2 s).
         from export.exporter import run
