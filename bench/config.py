@@ -30,6 +30,7 @@ class BenchConfig:
     baseline: bool = True  # also measure the PyTorch eager baseline (fp32 models only)
     baseline_concurrency: tuple[int, ...] = (1, 4)  # levels for the baseline, which serves one at a time
     serve_args: tuple[str, ...] = ()  # extra resnet-serve flags, e.g. ("--max-batch-size", "16")
+    rounds: int = 0  # 0: the full sweep; N: issue 16's service-vs-raw-ORT measurement, N rounds (bench.ratio)
 
     def __post_init__(self) -> None:
         for name in ("concurrency", "baseline_concurrency"):
@@ -41,6 +42,8 @@ class BenchConfig:
         for name in ("warmup_s", "duration_s", "raw_seconds"):
             if not getattr(self, name) > 0:
                 raise BenchError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
+        if not isinstance(self.rounds, int) or self.rounds < 0:
+            raise BenchError(f"rounds must be an int >= 0, got {self.rounds!r}")
         if self.url is not None and not self.url.startswith("http://"):
             raise BenchError(f"--url must be an http:// URL of a running resnet-serve, got {self.url!r}")
 

@@ -25,13 +25,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 
 import cliconfig
 from artifact import PRECISIONS, ModelCard, git_commit, write_atomically
 from bench.machine import cpu_name
 from service.config import ServeConfig
+from service import preprocess
 from service.runtime import session_options
 
 
@@ -84,9 +84,8 @@ def measure(models: list[dict], config: PrecisionBenchConfig) -> list[Row]:
     for model in models:
         sess = _session(model["path"], config.threads)
         card = ModelCard.from_metadata(sess.get_modelmeta().custom_metadata_map)
-        size = card.preprocessing.input_size
         for batch in config.batches:
-            x = np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
+            x = preprocess.random_batch(card.preprocessing, batch)  # the model's own input dtype and layout
             sess.run(None, {card.input_name: x})  # warm-up: first call allocates and picks kernels
             sessions[model["name"], batch] = (sess, card.input_name)
             inputs[model["name"], batch] = x

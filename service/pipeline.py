@@ -1,6 +1,10 @@
 """The serving pipeline behind the HTTP layer: admission, decode pool, per-model batcher, inference.
 
-    bytes --decode pool (threads)--> [3,S,S] arrays --Batcher--> one ORT run per batch --> probabilities
+    bytes --decode pool (threads)--> one image's input --Batcher--> one ORT run per batch --> probabilities
+
+An image's input is what the model's card asks for (service.preprocess.prepare): uint8 [S, S, 3]
+pixels for models exported since issue 16, float32 [3, S, S] for older ones. The batch is stacked
+into one buffer per model allocated at start-up, not a fresh array per batch.
 
 Nothing here runs image or tensor work on the event loop: decoding and preprocessing run in a shared
 bounded thread pool, inference in one thread per model (Pillow and ONNX Runtime release the GIL),
@@ -56,6 +60,11 @@ class ModelPipeline:
         self.inflight = 0  # images admitted and not yet answered: decoding, queued or in a batch
         self.decoding = 0  # images admitted and not yet queued for the batcher
         self.batch_seconds = 0.0  # moving average of one batch's inference time, for Retry-After
+        # The batch is copied here, then ONNX Runtime reads it in place; one batch runs at a time per
+        # model (one inference thread), so one buffer suffices and never changes under a run.
+        prep = model.card.preprocessing
+        dtype = np.uint8 if prep.input_dtype == "uint8" else np.float32  # what prepare returns
+        self.buffer = np.empty(prep.input_shape(config.max_batch_size), dtype=dtype)
 
     def start(self) -> None:
         self.batcher.start()
@@ -108,7 +117,8 @@ class ModelPipeline:
 
     def _infer(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, float]:
         started = time.perf_counter()
-        return self.model.probabilities(np.stack(arrays)), time.perf_counter() - started
+        batch = np.stack(arrays, out=self.buffer[: len(arrays)])
+        return self.model.probabilities(batch), time.perf_counter() - started
 
     async def _run_batch(self, arrays: list[np.ndarray]) -> np.ndarray:
         loop = asyncio.get_running_loop()

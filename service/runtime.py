@@ -21,7 +21,9 @@ from service.config import ServeConfig
 log = logging.getLogger("service.runtime")
 
 PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
-_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
+# The graph input types each card's input_dtype allows (issue 16: uint8 pixels, normalised in the graph).
+_CARD_DTYPES = {"float32": ("tensor(float)", "tensor(float16)"), "uint8": ("tensor(uint8)",)}
 
 
 class ModelLoadError(RuntimeError):
@@ -44,7 +46,7 @@ class LoadedModel:
         return self.card.name
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """Softmax over the logits of a [N, 3, S, S] batch: [N, num_classes] float32, rows sum to 1."""
+        """Softmax over the logits of a batch of the card's input: [N, num_classes] float32, rows sum to 1."""
         (logits,) = self.session.run(
             [self.card.output_name], {self.card.input_name: batch.astype(self.input_dtype, copy=False)}
         )
@@ -55,9 +57,9 @@ class LoadedModel:
     def warm_up(self, batch_sizes: tuple[int, ...], runs: int) -> float:
         """Run zeros through every batch shape the batcher will use first; returns seconds taken."""
         started = time.perf_counter()
-        side = self.card.preprocessing.input_size
+        prep = self.card.preprocessing
         for size in batch_sizes:
-            batch = np.zeros((size, 3, side, side), dtype=np.float32)
+            batch = np.zeros(prep.input_shape(size), dtype=self.input_dtype)
             for _ in range(runs):
                 self.probabilities(batch)
         self.warm = True
@@ -128,10 +130,11 @@ def load_model(path: Path, config: ServeConfig) -> LoadedModel:
             f"the graph has inputs {sorted(inputs)} and outputs {sorted(outputs)}"
         )
     node = inputs[card.input_name]
-    side = card.preprocessing.input_size
-    if len(node.shape) != 4 or list(node.shape[1:]) != [3, side, side] or node.type not in _ORT_DTYPES:
+    shape = card.preprocessing.input_shape()
+    if len(node.shape) != 4 or tuple(node.shape[1:]) != shape[1:] or node.type not in _CARD_DTYPES[card.input_dtype]:
         raise ModelLoadError(
-            f"{str(path)!r}: input {node.name!r} is {node.type} {node.shape}, expected float [batch, 3, {side}, {side}]"
+            f"{str(path)!r}: input {node.name!r} is {node.type} {node.shape}, but its card says "
+            f"{card.input_dtype} [{', '.join(map(str, shape))}]"
         )
     providers = tuple(session.get_providers())
     if "cuda" in config.providers and PROVIDERS["cuda"] not in providers:
