@@ -65,6 +65,10 @@ class ServeConfig:
     providers: tuple[str, ...] = _opt(
         ("cuda", "cpu"), "ONNX Runtime providers in order of preference, comma-separated: cuda, cpu", sep=","
     )
+    cuda_device_id: int = _opt(0, "GPU (CUDA device id) the CUDA provider runs on; see CUDA_VISIBLE_DEVICES")
+    cudnn_conv_algo_search: str = _opt(
+        "exhaustive", "cuDNN convolution algorithm choice on CUDA: exhaustive (benchmark once per shape), heuristic or default"
+    )
     warmup_runs: int = _opt(2, "inferences per model and batch shape before /health/ready reports ready")
     drain_timeout_s: float = _opt(30.0, "on SIGTERM, seconds to let in-flight requests finish")
     log_level: str = _opt("info", "debug, info, warning or error")
@@ -85,6 +89,12 @@ class ServeConfig:
             raise ConfigError(f"port must be in 0..65535, got {self.port!r}")
         if not self.providers or any(p not in PROVIDER_NAMES for p in self.providers):
             raise ConfigError(f"providers must be a list of {PROVIDER_NAMES}, got {','.join(self.providers)!r}")
+        if self.cuda_device_id < 0:
+            raise ConfigError(f"cuda_device_id must be >= 0, got {self.cuda_device_id!r}")
+        if self.cudnn_conv_algo_search not in ("exhaustive", "heuristic", "default"):
+            raise ConfigError(
+                f"cudnn_conv_algo_search must be exhaustive, heuristic or default, got {self.cudnn_conv_algo_search!r}"
+            )
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
         if self.intra_op_threads == 0:

@@ -115,20 +115,23 @@ class ModelPipeline:
             arrays.append(array)
         return arrays
 
-    def _infer(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, float]:
+    def _infer(self, arrays: list[np.ndarray]):
         started = time.perf_counter()
         batch = np.stack(arrays, out=self.buffer[: len(arrays)])
-        return self.model.probabilities(batch), time.perf_counter() - started
+        return self.model.probabilities(batch), time.perf_counter() - started, self.model.timings
 
     async def _run_batch(self, arrays: list[np.ndarray]) -> np.ndarray:
         loop = asyncio.get_running_loop()
         try:
-            probabilities, seconds = await loop.run_in_executor(self.executor, self._infer, arrays)
+            probabilities, seconds, device = await loop.run_in_executor(self.executor, self._infer, arrays)
         except Exception as error:  # noqa: BLE001 - ORT's errors become this batch's 500s
             log.exception("inference failed for a batch of %d", len(arrays), extra={"model": self.model.name})
             raise InferenceFailed(f"inference failed for model {self.model.name!r}: {type(error).__name__}") from error
         self.batch_seconds = seconds if not self.batch_seconds else 0.8 * self.batch_seconds + 0.2 * seconds
         self.metrics.inference.observe(seconds, self.model.name)
+        if device is not None:  # CUDA: where the batch's time went
+            for stage in ("copy_in", "compute", "copy_out"):
+                self.metrics.device_seconds.observe(getattr(device, stage), self.model.name, stage)
         self.metrics.batch_size.observe(len(arrays), self.model.name)
         self.metrics.images.inc(self.model.name, amount=len(arrays))
         return probabilities
