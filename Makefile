@@ -87,3 +87,16 @@ install-train: EXTRAS := [train]
 $(IMAGE_INSTALLS):
 	test -x $(INTO)/bin/python || $(PYTHON) -m venv $(INTO)
 	$(INTO)/bin/python -m pip install --no-cache-dir '.$(EXTRAS)'
+
+# --- the depth cascade (model=auto): calibrated whenever a model it measured changes ---------------
+# owner: cascade (docs/cascade.md). resnet-calibrate measures the ladder on 4000 synthetic val images
+# and writes $(MODELS)/cascade.json and cascade.png; resnet-serve refuses a file measured on other
+# model files, so `make serve` recalibrates first when a model is newer than the file.
+CALIBRATE_FLAGS ?= --data synthetic
+.PHONY: calibrate
+calibrate: $(MODELS)/cascade.json
+
+$(MODELS)/cascade.json: $(MODELS)/resnet18/model.onnx $(MODELS)/resnet152/model.onnx | install
+	$(BIN)/resnet-calibrate --models $(MODELS) $(CALIBRATE_FLAGS)
+
+serve: $(MODELS)/cascade.json
