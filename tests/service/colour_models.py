@@ -33,30 +33,48 @@ AMBIGUOUS = {1: (130, 140, 40), 2: (130, 40, 140)}
 
 
 def write_model(
-    folder: Path, name: str, gain: float, bias, arch: str | None = None, precision: str = "fp32", classes=CLASSES
+    folder: Path, name: str, gain: float, bias, arch: str | None = None, precision: str = "fp32", classes=CLASSES,
+    side: int = 8,
 ) -> Path:
-    """folder/<name>/model.onnx: logits = gain * channel means of the normalised input + bias."""
+    """folder/<name>/model.onnx: logits = gain * channel means of the normalised input + bias. With
+    side > 8 the input is side x side and a 3x3 convolution to 64 channels, whose output is multiplied
+    by zero, makes every image cost a known side^2 * 1728 multiply-adds (0.11 G at 256) that ONNX
+    Runtime cannot fold away: a slow model whose answers stay the same."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    weight = numpy_helper.from_array((gain * np.eye(3)).astype(np.float32), "weight")
-    offset = numpy_helper.from_array(np.asarray(bias, dtype=np.float32), "bias")
+    initializers = [
+        numpy_helper.from_array((gain * np.eye(3)).astype(np.float32), "weight"),
+        numpy_helper.from_array(np.asarray(bias, dtype=np.float32), "bias"),
+    ]
     nodes = [
         helper.make_node("ReduceMean", ["input"], ["means"], axes=[2, 3], keepdims=0),
         helper.make_node("MatMul", ["means", "weight"], ["scaled"]),
-        helper.make_node("Add", ["scaled", "bias"], ["logits"]),
     ]
+    if side > 8:  # logits = (scaled + features @ 0) + bias
+        initializers += [
+            numpy_helper.from_array(np.full((64, 3, 3, 3), 0.01, dtype=np.float32), "conv"),
+            numpy_helper.from_array(np.zeros((64, 3), dtype=np.float32), "zero"),
+        ]
+        nodes += [
+            helper.make_node("Conv", ["input", "conv"], ["features"], pads=[1, 1, 1, 1]),
+            helper.make_node("ReduceMean", ["features"], ["pooled"], axes=[2, 3], keepdims=0),
+            helper.make_node("MatMul", ["pooled", "zero"], ["nothing"]),
+            helper.make_node("Add", ["scaled", "nothing"], ["scaled_slow"]),
+        ]
+    nodes.append(helper.make_node("Add", [nodes[-1].output[0], "bias"], ["logits"]))
     graph = helper.make_graph(
         nodes, name,
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, side, side])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
-        [weight, offset],
+        initializers,
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     card = ModelCard(
         name=name, arch=arch or name, num_classes=3, class_ids=[c[0] for c in classes],
-        class_names=[c[1] for c in classes], preprocessing=PREP, precision=precision, source_sha256="0" * 64,
+        class_names=[c[1] for c in classes], preprocessing=Preprocessing(side, side, PREP.mean, PREP.std),
+        precision=precision, source_sha256="0" * 64,
         val_top1=None, val_top5=None, torch_version="none", onnx_version=onnx.__version__,
         exported_at="2026-01-01T00:00:00Z",
     )  # fmt: skip

@@ -1,14 +1,19 @@
 """model=auto on a real server over the colour ladder (colour_models.py), whose every answer is
 known: escalation below the threshold and not above it, mixed rungs in one multipart request, the
-budget skip, a named model's budget as its deadline, and the metrics."""
+budget skip, a named model's budget as its deadline, overload of the deep rung, and the metrics."""
 
 from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
 import pytest
 
-from .colour_models import AMBIGUOUS, CLEAR, DEEP, SHALLOW, expected_probabilities, png, write_cascade_file, write_ladder
+from .colour_models import (
+    AMBIGUOUS, CLEAR, DEEP, SHALLOW, expected_probabilities, png, write_cascade_file, write_ladder, write_model,
+)  # fmt: skip
 from .conftest import start_server
 
 PNG = {"Content-Type": "image/png"}
@@ -95,3 +100,33 @@ def test_get_models_and_metrics_report_the_cascade(auto_server):
     assert float(samples['resnet_cascade_confidence_count{model="resnet18"}']) >= 1
     assert float(samples['resnet_requests_total{model="auto",status="200"}']) >= 1
     assert np.isfinite(float(samples['resnet_cascade_confidence_sum{model="resnet50"}']))
+
+
+def test_when_the_deep_rung_is_full_auto_answers_from_the_shallow_one(tmp_path):
+    """The deep model is made slow by a known amount of work (a 512 px input and a convolution, 0.45
+    GMAC per image, colour_models.write_model) and its queue is filled by a request naming it: 12
+    images, one per batch, hold it full for seconds."""
+    write_model(tmp_path, *SHALLOW)
+    write_model(tmp_path, *DEEP, side=512)  # other preprocessing: escalations are prepared again for it
+    write_cascade_file(tmp_path, thresholds=(0.9,))
+    flags = ("--providers", "cpu", "--queue-size", "12", "--max-batch-size", "1", "--intra-op-threads", "1")
+    server = start_server(tmp_path, tmp_path, *flags)
+    try:
+        files = [("images", (f"{i}.png", png(CLEAR[i % 3]), "image/png")) for i in range(12)]
+        with ThreadPoolExecutor(1) as pool:
+            filling = pool.submit(httpx.post, server.url + "/models/resnet50/classify", files=files, timeout=60)
+            deadline = time.monotonic() + 30
+            while 'resnet_queue_depth{model="resnet50"} 12' not in httpx.get(server.url + "/metrics").text:
+                assert time.monotonic() < deadline and not filling.done()
+                time.sleep(0.01)
+            body = classify(server, png(AMBIGUOUS[1]), model="auto").json()
+            refused = classify(server, png(CLEAR[0]), model="resnet50")  # naming a model: today's 503
+            assert filling.result().status_code == 200
+        assert body["model"] == "resnet18" and body["cascade"]["escalation_skipped"] == "overloaded"
+        assert refused.status_code == 503 and "Retry-After" in refused.headers
+        body = classify(server, png(AMBIGUOUS[1]), model="auto").json()  # room again: escalates
+        assert body["model"] == "resnet50" and body["predictions"][0]["label"] == "green"
+        text = httpx.get(server.url + "/metrics").text
+        assert 'resnet_cascade_escalations_skipped_total{model="resnet18",reason="overloaded"} 1' in text
+    finally:
+        server.stop()
