@@ -133,3 +133,15 @@ def write_image_folder(root: Path, clear: int, ambiguous: int) -> Path:
             path = root / "val" / CLASSES[label][0] / f"ambiguous-{i}.png"
             path.write_bytes(png(tuple(c + (i % 3 if c > 100 else 0) for c in colour)))
     return root
+
+
+if __name__ == "__main__":
+    # python tests/service/colour_models.py DIR [CLEAR AMBIGUOUS]: DIR/models and DIR/data, for
+    # `resnet-calibrate --models DIR/models --data DIR/data` by hand (docs/cascade.md, Measured)
+    import sys
+
+    root = Path(sys.argv[1])
+    clear, ambiguous = (int(sys.argv[2]), int(sys.argv[3])) if len(sys.argv) > 3 else (20, 10)
+    write_ladder(root / "models")
+    write_image_folder(root / "data", clear, ambiguous)
+    print(f"wrote {root / 'models'} and {root / 'data'}")
