@@ -15,12 +15,11 @@ import hashlib
 import json
 from pathlib import Path
 
-from service.cascade import DEFAULT_THRESHOLD, SIGNALS, Policy, default_policy
+from service.cascade import SIGNALS, Policy, default_policy
 from service.ladder import Ladder
 from service.runtime import LoadedModel
 
 FILENAME = "cascade.json"
-__all__ = ["DEFAULT_THRESHOLD", "CascadeFileError", "file_sha256", "read"]
 FORMAT_VERSION = 1
 
 

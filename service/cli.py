@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         "ladder %s (%s), default model %s; model=auto %s",
         ",".join(ladder.rungs), ladder.rule, ladder.default_model,
         f"calibrated by {policy.source}" if policy.calibrated
-        else f"uncalibrated: {policy.signal} < {cascade_file.DEFAULT_THRESHOLD} escalates",
+        else f"uncalibrated: {policy.signal} below {', '.join(map(str, policy.thresholds)) or '-'} escalates",
         extra={"ladder": list(ladder.rungs), "calibrated": policy.calibrated},
     )  # fmt: skip
     log.info("starting", extra={"config": {k: str(v) for k, v in vars(config).items()}})
