@@ -90,3 +90,41 @@ install-train: EXTRAS := [train]
 $(IMAGE_INSTALLS):
 	test -x $(INTO)/bin/python || $(PYTHON) -m venv $(INTO)
 	$(INTO)/bin/python -m pip install --no-cache-dir '.$(EXTRAS)'
+
+# --- the depth cascade (model=auto): calibrated whenever a model it measured changes ---------------
+# owner: cascade (docs/cascade.md). resnet-calibrate measures the ladder on 4000 synthetic val images
+# and writes $(MODELS)/cascade.json and cascade.png; resnet-serve refuses a file measured on other
+# model files, so `make serve` recalibrates first when a model is newer than the file.
+CALIBRATE_FLAGS ?= --data synthetic
+.PHONY: calibrate
+calibrate: $(MODELS)/cascade.json
+
+$(MODELS)/cascade.json: $(MODELS)/resnet18/model.onnx $(MODELS)/resnet152/model.onnx | install
+	$(BIN)/resnet-calibrate --models $(MODELS) $(CALIBRATE_FLAGS)
+
+serve: $(MODELS)/cascade.json
+
+# Real ImageNet models in one command: torchvision's best published weights of resnet18 (V1, 69.8%)
+# and resnet152 (V2, 82.3%), imported into checkpoints, exported to ONNX and served as one ladder.
+# Downloads once into the torch hub cache ($$TORCH_HOME). model=auto is uncalibrated unless
+# IMAGENET_VAL names an ImageNet-style folder with val/<wnid>/*.JPEG; then it is calibrated on it.
+IMAGENET_CHECKPOINTS ?= checkpoints/imagenet
+IMAGENET_MODELS ?= models-imagenet
+IMAGENET_VAL ?=
+IMAGENET_WEIGHTS := resnet18:IMAGENET1K_V1 resnet152:IMAGENET1K_V2
+.PHONY: imagenet-models serve-imagenet
+imagenet-models: $(IMAGENET_MODELS)/resnet18/model.onnx $(IMAGENET_MODELS)/resnet152/model.onnx
+
+# imported checkpoints stay after the export (make would delete a pattern rule's intermediate file)
+.SECONDARY: $(IMAGENET_CHECKPOINTS)/resnet18/checkpoint.pt $(IMAGENET_CHECKPOINTS)/resnet152/checkpoint.pt
+$(IMAGENET_CHECKPOINTS)/%/checkpoint.pt: | install
+	$(BIN)/resnet-train import-torchvision $* --weights $(patsubst $*:%,%,$(filter $*:%,$(IMAGENET_WEIGHTS))) --out $(@D)
+
+$(IMAGENET_MODELS)/%/model.onnx: $(IMAGENET_CHECKPOINTS)/%/checkpoint.pt | install
+	$(BIN)/resnet-export $< --out $(IMAGENET_MODELS)
+
+$(IMAGENET_MODELS)/cascade.json: $(IMAGENET_MODELS)/resnet18/model.onnx $(IMAGENET_MODELS)/resnet152/model.onnx
+	$(BIN)/resnet-calibrate --models $(IMAGENET_MODELS) --data $(IMAGENET_VAL)
+
+serve-imagenet: imagenet-models $(if $(IMAGENET_VAL),$(IMAGENET_MODELS)/cascade.json)
+	$(BIN)/resnet-serve --models $(IMAGENET_MODELS) --host $(HOST) --port $(PORT)

@@ -21,7 +21,7 @@ import sys
 import uvicorn
 
 import cliconfig
-from service import logs
+from service import cascade_file, ladder as ladders, logs
 from service.app import create_app
 from service.config import ConfigError, parse
 from service.runtime import ModelLoadError, load_models
@@ -38,12 +38,21 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(config.log_level)
     try:
         models = load_models(config)
-    except ModelLoadError as error:
+        ladder = ladders.build(models, config.ladder, config.default_model)
+        policy = cascade_file.read(config.models, ladder, models)
+    except (ModelLoadError, ladders.LadderError, cascade_file.CascadeFileError) as error:
         return cliconfig.fail("resnet-serve", error)
+    log.info(
+        "ladder %s (%s), default model %s; model=auto %s",
+        ",".join(ladder.rungs), ladder.rule, ladder.default_model,
+        f"calibrated by {policy.source}" if policy.calibrated
+        else f"uncalibrated: {policy.signal} below {', '.join(map(str, policy.thresholds)) or '-'} escalates",
+        extra={"ladder": list(ladder.rungs), "calibrated": policy.calibrated},
+    )  # fmt: skip
     log.info("starting", extra={"config": {k: str(v) for k, v in vars(config).items()}})
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(config, models),
+            create_app(config, models, ladder, policy),
             host=config.host,
             port=config.port,
             lifespan="on",

@@ -50,7 +50,11 @@ class ServeConfig:
     models: Path = field(metadata={"help": "folder written by resnet-export: one NAME/model.onnx per model"})
     host: str = _opt("127.0.0.1", "interface to listen on")
     port: int = _opt(8000, "TCP port to listen on")
-    default_model: str = _opt("resnet18", "model used when a request names none")
+    default_model: str = _opt("", "model used when a request names none; empty = the ladder's shallowest rung")
+    ladder: tuple[str, ...] = _opt(
+        (), "the depth ladder's models, comma-separated; empty = each depth's fastest variant (docs/cascade.md)",
+        sep=",",
+    )
     # Batching defaults, kept by resnet-bench on an idle box (docs/performance.md): fp32 raw ORT gains
     # under 10% from batch 1 to 8 on 224x224 resnet18/152, and batches are full (8.00) at concurrency >= 16.
     max_batch_size: int = _opt(8, "most images in one inference")

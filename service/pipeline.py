@@ -73,7 +73,10 @@ class ModelPipeline:
         """Warm-up runs for batch 1 and the largest batch, off the loop; returns seconds taken."""
         sizes = tuple(sorted({1, self.config.max_batch_size}))
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self.model.warm_up, sizes, self.config.warmup_runs)
+        seconds = await loop.run_in_executor(self.executor, self.model.warm_up, sizes, self.config.warmup_runs)
+        # A first batch-time estimate before any traffic: model=auto's budget checks need one (cascade.py).
+        self.batch_seconds = self.batch_seconds or seconds / (len(sizes) * self.config.warmup_runs)
+        return seconds
 
     async def classify(self, payloads: list[bytes], deadline: float) -> list[np.ndarray]:
         """Probabilities for each image, in order. Raises ServiceError subclasses for the client."""

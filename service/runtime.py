@@ -203,7 +203,7 @@ def load_models(config: ServeConfig) -> dict[str, LoadedModel]:
         if model.name in models:
             raise ModelLoadError(f"two files serve the name {model.name!r}: {models[model.name].path} and {path}")
         models[model.name] = model
-    if config.default_model not in models:
+    if config.default_model and config.default_model not in models:  # empty: the ladder's shallowest
         raise ModelLoadError(
             f"default model {config.default_model!r} is not in {str(config.models)!r}; it has {sorted(models)}"
         )
