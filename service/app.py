@@ -4,6 +4,7 @@
     POST /classify?depth=152   POST /classify?model=auto&budget_ms=200   (docs/cascade.md)
     GET  /models   GET /models/{name}   GET /health/live   GET /health/ready   GET /metrics
     GET  /schema   (OpenAPI, Litestar's default)
+    /v2/...        the Open Inference Protocol v2 (service/oip.py, docs/oip.md)
 
 The lifespan creates the pipelines and pools and releases them in its `finally`; the Service lives on
 `app.state.service`. Every error, ours or Litestar's, goes through `error_response` into one shape.
@@ -23,7 +24,7 @@ from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFou
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.params import Parameter
 
-from service import cascade_file, errors, ladder as ladders, metrics, schemas, uploads
+from service import cascade_file, errors, ladder as ladders, metrics, oip, schemas, uploads
 from service.cascade import Cascade, Policy
 from service.config import ServeConfig
 from service.pipeline import Service
@@ -252,6 +253,8 @@ def error_response(request: Request, exc: Exception) -> Response:
         error = errors.ServiceError("internal error; the request id identifies it in the logs")
     request_id = request.scope.get(_REQUEST_ID) or uuid.uuid4().hex
     headers = {**error.headers, "X-Request-ID": request_id}
+    if oip.owns(request.url.path):  # the Open Inference Protocol's routes answer its own shape
+        return oip.error_response(error, headers)
     return Response(errors.error_body(error, request_id), status_code=error.status, headers=headers)
 
 
@@ -318,7 +321,7 @@ def create_app(
             log.info("stopped: queues drained, pools closed")
 
     return Litestar(
-        route_handlers=[classify, classify_with, list_models, describe_model, live, ready, prometheus],
+        route_handlers=[classify, classify_with, list_models, describe_model, live, ready, prometheus, oip.router],
         lifespan=[lifespan],
         exception_handlers={Exception: error_response},
         middleware=[RequestContext],

@@ -81,13 +81,7 @@ class ModelPipeline:
     async def classify(self, payloads: list[bytes], deadline: float) -> list[np.ndarray]:
         """Probabilities for each image, in order. Raises ServiceError subclasses for the client."""
         count = len(payloads)
-        if self.inflight + count > self.config.queue_size:
-            batches_ahead = math.ceil(self.inflight / self.config.max_batch_size)
-            raise Overloaded(
-                f"model {self.model.name!r} is at capacity "
-                f"({self.inflight} of {self.config.queue_size} images in flight)",
-                retry_after_s=math.ceil(batches_ahead * self.batch_seconds),
-            )
+        self._admit(count)
         self.inflight += count
         self.decoding += count
         try:
@@ -99,6 +93,25 @@ class ModelPipeline:
             return await self.batcher.submit(arrays, deadline)
         finally:
             self.inflight -= count
+
+    async def infer(self, arrays: list[np.ndarray], deadline: float) -> list[np.ndarray]:
+        """Probabilities for inputs the client preprocessed itself (the OIP pixel input, service/oip.py):
+        the same admission and the same batcher as images, without the decode pool."""
+        self._admit(len(arrays))
+        self.inflight += len(arrays)
+        try:
+            return await self.batcher.submit(arrays, deadline)
+        finally:
+            self.inflight -= len(arrays)
+
+    def _admit(self, count: int) -> None:
+        if self.inflight + count > self.config.queue_size:
+            batches_ahead = math.ceil(self.inflight / self.config.max_batch_size)
+            raise Overloaded(
+                f"model {self.model.name!r} is at capacity "
+                f"({self.inflight} of {self.config.queue_size} images in flight)",
+                retry_after_s=math.ceil(batches_ahead * self.batch_seconds),
+            )
 
     async def _decode(self, payloads: list[bytes]) -> list[np.ndarray]:
         loop = asyncio.get_running_loop()
