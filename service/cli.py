@@ -24,6 +24,7 @@ from service import logs
 from service.app import create_app
 from service.config import ConfigError, parse
 from service.runtime import ModelLoadError, load_models
+from service.server import uvicorn_config
 
 log = logging.getLogger("service.cli")
 
@@ -42,17 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resnet-serve: {error}", file=sys.stderr)
         return 2
     log.info("starting", extra={"config": {k: str(v) for k, v in vars(config).items()}})
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(config, models),
-            host=config.host,
-            port=config.port,
-            lifespan="on",
-            log_config=None,  # logs.configure() already routes uvicorn's loggers to JSON lines
-            access_log=False,  # the app's RequestContext logs each request, with its request id
-            timeout_graceful_shutdown=config.drain_timeout_s,
-        )
-    )
+    server = uvicorn.Server(uvicorn_config(create_app(config, models), config))  # with client timeouts
     server.run()
     return 0 if server.started else 1
 

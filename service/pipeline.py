@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from service import preprocess
+from service.admission import ByteBudget
 from service.batching import Batcher
 from service.config import ServeConfig
 from service.errors import InferenceFailed, Overloaded, ServiceError
@@ -69,13 +70,7 @@ class ModelPipeline:
     async def classify(self, payloads: list[bytes], deadline: float) -> list[np.ndarray]:
         """Probabilities for each image, in order. Raises ServiceError subclasses for the client."""
         count = len(payloads)
-        if self.inflight + count > self.config.queue_size:
-            batches_ahead = math.ceil(self.inflight / self.config.max_batch_size)
-            raise Overloaded(
-                f"model {self.model.name!r} is at capacity "
-                f"({self.inflight} of {self.config.queue_size} images in flight)",
-                retry_after_s=math.ceil(batches_ahead * self.batch_seconds),
-            )
+        self.check_capacity(count)
         self.inflight += count
         self.decoding += count
         try:
@@ -87,6 +82,16 @@ class ModelPipeline:
             return await self.batcher.submit(arrays, deadline)
         finally:
             self.inflight -= count
+
+    def check_capacity(self, count: int) -> None:
+        """503 now if `count` more images would pass queue_size; also asked before a body is read."""
+        if self.inflight + count > self.config.queue_size:
+            batches_ahead = math.ceil(self.inflight / self.config.max_batch_size)
+            raise Overloaded(
+                f"model {self.model.name!r} is at capacity "
+                f"({self.inflight} of {self.config.queue_size} images in flight)",
+                retry_after_s=math.ceil(batches_ahead * self.batch_seconds),
+            )
 
     async def _decode(self, payloads: list[bytes]) -> list[np.ndarray]:
         loop = asyncio.get_running_loop()
@@ -142,8 +147,19 @@ class Service:
         self.metrics = Metrics(lambda: {(name,): p.inflight for name, p in self.pipelines.items()})
         self.decode_pool = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="decode")
         self.pipelines = {name: ModelPipeline(m, config, self.decode_pool, self.metrics) for name, m in models.items()}
-        self.ready = False
+        self.read_budget = ByteBudget(config.read_budget_bytes)  # request bodies being read or held
+        self.warm = False
         self._warm_task: asyncio.Task | None = None
+
+    @property
+    def failures(self) -> dict[str, str]:
+        """Model name -> why its batching loop died; a non-empty answer means restart me."""
+        return {name: repr(p.batcher.failure) for name, p in self.pipelines.items() if p.batcher.failure is not None}
+
+    @property
+    def ready(self) -> bool:
+        """Warm, and every batcher alive: a dead loop turns /health/ready to 503 (issue 12)."""
+        return self.warm and not self.failures
 
     async def start(self) -> None:
         """Start the batchers and, in the background, the warm-up that makes the service ready."""
@@ -159,7 +175,7 @@ class Service:
                 log.exception("warm-up of %s failed: the service stays unready", name, extra={"model": name})
                 return
             log.info("warmed up %s in %.2f s", name, seconds, extra={"model": name})
-        self.ready = True
+        self.warm = True
         log.info("ready: serving %s", ", ".join(self.pipelines), extra={"models": list(self.pipelines)})
 
     async def close(self) -> None:
