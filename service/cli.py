@@ -25,6 +25,7 @@ from service import cascade_file, ladder as ladders, logs
 from service.app import create_app
 from service.config import ConfigError, parse
 from service.runtime import ModelLoadError, load_models
+from service.server import uvicorn_config
 
 log = logging.getLogger("service.cli")
 
@@ -50,17 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         extra={"ladder": list(ladder.rungs), "calibrated": policy.calibrated},
     )  # fmt: skip
     log.info("starting", extra={"config": {k: str(v) for k, v in vars(config).items()}})
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(config, models, ladder, policy),
-            host=config.host,
-            port=config.port,
-            lifespan="on",
-            log_config=None,  # logs.configure() already routes uvicorn's loggers to JSON lines
-            access_log=False,  # the app's RequestContext logs each request, with its request id
-            timeout_graceful_shutdown=config.drain_timeout_s,
-        )
-    )
+    server = uvicorn.Server(uvicorn_config(create_app(config, models, ladder, policy), config))  # client timeouts
     server.run()
     return 0 if server.started else 1
 

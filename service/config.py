@@ -75,20 +75,41 @@ class ServeConfig:
     )
     warmup_runs: int = _opt(2, "inferences per model and batch shape before /health/ready reports ready")
     drain_timeout_s: float = _opt(30.0, "on SIGTERM, seconds to let in-flight requests finish")
+    # Client timeouts and the read budget (issue 12, docs/robustness.md): uvicorn has no header or
+    # body read timeout of its own, so service/server.py adds them.
+    header_timeout_s: float = _opt(
+        10.0, "seconds to send a request's headers, from connect or the last response (connection closed beyond)"
+    )
+    body_timeout_s: float = _opt(20.0, "seconds a request may take to send its whole body (408 and closed beyond)")
+    keep_alive_timeout_s: float = _opt(5.0, "seconds an idle keep-alive connection stays open between requests")
+    read_budget_bytes: int = _opt(
+        200_000_000, "most bytes of request bodies being read or held at once, all requests together (503 beyond)"
+    )
     log_level: str = _opt("info", "debug, info, warning or error")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", Path(self.models))
         object.__setattr__(self, "providers", tuple(p.lower() for p in self.providers))
-        positive = ("max_batch_size", "queue_size", "max_body_bytes", "max_pixels", "max_images", "warmup_runs")
+        positive = (
+            "max_batch_size", "queue_size", "max_body_bytes", "max_pixels", "max_images", "warmup_runs",
+            "read_budget_bytes",
+        )  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)!r}")
         for name in ("intra_op_threads", "decode_threads", "max_delay_ms", "drain_timeout_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if not self.request_timeout_s > 0:
-            raise ConfigError(f"request_timeout_s must be > 0, got {self.request_timeout_s!r}")
+        for name in ("request_timeout_s", "header_timeout_s", "body_timeout_s", "keep_alive_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        # Limits that could never all be met: such an upload would get 503 and Retry-After forever.
+        if self.max_images > self.queue_size:
+            raise ConfigError(f"max_images ({self.max_images}) must not exceed queue_size ({self.queue_size})")
+        if self.max_body_bytes > self.read_budget_bytes:
+            raise ConfigError(
+                f"max_body_bytes ({self.max_body_bytes}) must not exceed read_budget_bytes ({self.read_budget_bytes})"
+            )
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be in 0..65535, got {self.port!r}")
         if not self.providers or any(p not in PROVIDER_NAMES for p in self.providers):

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from service import preprocess
+from service.admission import ByteBudget
 from service.batching import Batcher
 from service.config import ServeConfig
 from service.errors import InferenceFailed, Overloaded, ServiceError
@@ -81,7 +82,7 @@ class ModelPipeline:
     async def classify(self, payloads: list[bytes], deadline: float) -> list[np.ndarray]:
         """Probabilities for each image, in order. Raises ServiceError subclasses for the client."""
         count = len(payloads)
-        self._admit(count)
+        self.check_capacity(count)
         self.inflight += count
         self.decoding += count
         try:
@@ -97,14 +98,15 @@ class ModelPipeline:
     async def infer(self, arrays: list[np.ndarray], deadline: float) -> list[np.ndarray]:
         """Probabilities for inputs the client preprocessed itself (the OIP pixel input, service/oip.py):
         the same admission and the same batcher as images, without the decode pool."""
-        self._admit(len(arrays))
+        self.check_capacity(len(arrays))
         self.inflight += len(arrays)
         try:
             return await self.batcher.submit(arrays, deadline)
         finally:
             self.inflight -= len(arrays)
 
-    def _admit(self, count: int) -> None:
+    def check_capacity(self, count: int) -> None:
+        """503 now if `count` more images would pass queue_size; also asked before a body is read."""
         if self.inflight + count > self.config.queue_size:
             batches_ahead = math.ceil(self.inflight / self.config.max_batch_size)
             raise Overloaded(
@@ -171,8 +173,19 @@ class Service:
         self.metrics = Metrics(lambda: {(name,): p.inflight for name, p in self.pipelines.items()})
         self.decode_pool = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="decode")
         self.pipelines = {name: ModelPipeline(m, config, self.decode_pool, self.metrics) for name, m in models.items()}
-        self.ready = False
+        self.read_budget = ByteBudget(config.read_budget_bytes)  # request bodies being read or held
+        self.warm = False
         self._warm_task: asyncio.Task | None = None
+
+    @property
+    def failures(self) -> dict[str, str]:
+        """Model name -> why its batching loop died; a non-empty answer means restart me."""
+        return {name: repr(p.batcher.failure) for name, p in self.pipelines.items() if p.batcher.failure is not None}
+
+    @property
+    def ready(self) -> bool:
+        """Warm, and every batcher alive: a dead loop turns /health/ready to 503 (issue 12)."""
+        return self.warm and not self.failures
 
     async def start(self) -> None:
         """Start the batchers and, in the background, the warm-up that makes the service ready."""
@@ -188,7 +201,7 @@ class Service:
                 log.exception("warm-up of %s failed: the service stays unready", name, extra={"model": name})
                 return
             log.info("warmed up %s in %.2f s", name, seconds, extra={"model": name})
-        self.ready = True
+        self.warm = True
         log.info("ready: serving %s", ", ".join(self.pipelines), extra={"models": list(self.pipelines)})
 
     async def close(self) -> None:
