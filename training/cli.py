@@ -4,6 +4,7 @@
     resnet-train --resume runs/r18/checkpoint.pt --max-steps 600          # continue exactly
     torchrun --nproc_per_node=8 -m training.cli --arch resnet50 --data /data/imagenet --amp --channels-last --out runs/r50
     resnet-train import-torchvision resnet152 --weights IMAGENET1K_V2 --out runs/resnet152-tv
+    resnet-train paper --scale small --out results/paper      # the paper's experiments (training.paper)
 
 Bad input (unknown arch, missing or empty data folder, unreadable or foreign --resume file, a
 checkpoint of another arch) is one line on stderr and exit status 2, before anything is written.
@@ -52,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = "resnet-train " + shlex.join(argv)
     try:
+        if argv[:1] == ["paper"]:
+            from training import paper  # matplotlib and scikit-learn: only this sub-command needs them
+            return paper.main(argv[1:])
         if argv[:1] == ["import-torchvision"]:
             args = ImportConfig(**_import_parser().parse(argv[1:]))
             path = hub.import_torchvision(args.arch, args.weights, args.out, command=command)
