@@ -4,6 +4,7 @@
     resnet-train --resume runs/r18/checkpoint.pt --max-steps 600          # continue exactly
     torchrun --nproc_per_node=8 -m training.cli --arch resnet50 --data /data/imagenet --amp --channels-last --out runs/r50
     resnet-train import-torchvision resnet152 --weights IMAGENET1K_V2 --out runs/resnet152-tv
+    resnet-train --init-from resnet18:IMAGENET1K_V1 --data photos/ --out runs/photos  # fine-tune (docs/finetuning.md)
 
 Bad input (unknown arch, missing or empty data folder, unreadable or foreign --resume file, a
 checkpoint of another arch) is one line on stderr and exit status 2, before anything is written.
@@ -19,7 +20,7 @@ import urllib.error
 from pathlib import Path
 
 from artifact import ArtifactError
-from training import checkpoint, hub, train
+from training import checkpoint, finetune, hub, train
 from training.checkpoint import CheckpointError
 from training.config import TrainConfig, resume_config
 from training.data import DataError
@@ -58,6 +59,10 @@ FLAGS = {
     "--cifar-root": ("cifar_root", str, "CIFAR-10 download/cache folder (default ~/.cache/cifar10)"),
     "--save-every": ("save_every", int, "also checkpoint every N steps (default: each epoch and the end)"),
     "--log-every": ("log_every", int, "steps between progress/metrics lines (default 50)"),
+    "--init-from": ("init_from", str, "fine-tune: start from a checkpoint.pt or torchvision arch:WEIGHTS (e.g. resnet18:IMAGENET1K_V1)"),
+    "--head-steps": ("head_steps", int, "fine-tune: steps training only the new head first (default: one epoch)"),
+    "--finetune-lr": ("finetune_lr", float, "fine-tune: peak lr once the whole net trains (default: --lr / 10)"),
+    "--finetune-bn": ("finetune_bn", str, "fine-tune: BN statistics frozen, train, or auto (default: frozen below batch 16)"),
 }
 SWITCHES = {
     "--amp": ("amp", "mixed precision: bf16 autocast on CPU, --amp-dtype on CUDA"),
@@ -97,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             given = vars(_train_parser().parse_args(argv))
             resume = given.pop("resume", None)
+            if resume and "init_from" in given:
+                raise ValueError("--init-from starts a new run and --resume continues one: give only one of them")
+            if "init_from" in given:  # the source's arch unless --arch says otherwise (then checked)
+                given.setdefault("arch", finetune.source_arch(given["init_from"]))
             if resume:
                 saved = checkpoint.load(resume)
                 if "train_state" not in saved:
