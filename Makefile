@@ -87,3 +87,10 @@ install-train: EXTRAS := [train]
 $(IMAGE_INSTALLS):
 	test -x $(INTO)/bin/python || $(PYTHON) -m venv $(INTO)
 	$(INTO)/bin/python -m pip install --no-cache-dir '.$(EXTRAS)'
+
+# --- fine-tuning (docs/finetuning.md) ----------------------------------------------------------
+# owner: training (finetune). The table of docs/finetuning.md: fine-tuning from a synthetic-set
+# model and from stand-in torchvision weights against from-scratch, 3 seeds (~30 min on a busy 2-core box).
+.PHONY: finetune-compare
+finetune-compare: | install
+	OMP_NUM_THREADS=1 $(BIN)/python -m bench.finetune --out results/finetune --image-size 16 --steps 90 --source-steps 150

@@ -1,6 +1,7 @@
 """Fine-tuning against training from scratch, on a small folder of real photographs (issue 17).
 
-    OMP_NUM_THREADS=1 python -m bench.finetune --out results/finetune          # the table in docs/finetuning.md
+    OMP_NUM_THREADS=1 python -m bench.finetune --out results/finetune --image-size 16 --steps 90 --source-steps 150
+    python -m bench.finetune --write-photos data/photos       # only write the photo folder, then exit
 
 The folder: five real photographs that scikit-image bundles (skimage.data: astronaut, chelsea the
 cat, coffee, rocket, the left stereo motorcycle) are the five classes. Each class gets random square
@@ -106,7 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=180, help="optimizer steps of every run on the photos")
     parser.add_argument("--source-steps", type=int, default=200, help="steps of the synthetic-set source model")
     parser.add_argument("--image-size", type=int, default=32, help="network input side in pixels")
+    parser.add_argument("--write-photos", metavar="DIR", help="only write the photo folder into DIR and exit")
     args = parser.parse_args(argv)
+    if args.write_photos:
+        print(photo_folder(args.write_photos))
+        return 0
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

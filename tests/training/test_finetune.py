@@ -82,6 +82,11 @@ def test_after_the_head_phase_the_whole_net_trains_at_the_lower_lr(tmp_path, pho
     before, after = checkpoint.load(source)["model"], checkpoint.load(out / "checkpoint.pt")["model"]
     assert not torch.equal(before["conv1.weight"], after["conv1.weight"])
     assert not torch.equal(before["bn1.running_mean"], after["bn1.running_mean"])  # "train": statistics move
+    # --resume continues the fine-tuning run: whole-net phase, same lr, provenance kept.
+    assert cli.main(["--resume", str(out / "checkpoint.pt"), "--max-steps", "5"]) == 0
+    resumed = checkpoint.load(out / "checkpoint.pt")
+    assert resumed["train_state"]["step"] == 5 and resumed["provenance"]["init_from"]["head"] == "replaced"
+    assert metrics(out)[-2]["lr"] == pytest.approx(0.01)
 
 
 def test_phase_defaults_one_head_epoch_lr_over_ten_and_bn_frozen_below_16():
