@@ -128,3 +128,9 @@ $(IMAGENET_MODELS)/cascade.json: $(IMAGENET_MODELS)/resnet18/model.onnx $(IMAGEN
 
 serve-imagenet: imagenet-models $(if $(IMAGENET_VAL),$(IMAGENET_MODELS)/cascade.json)
 	$(BIN)/resnet-serve --models $(IMAGENET_MODELS) --host $(HOST) --port $(PORT)
+# --- fine-tuning (docs/finetuning.md) ----------------------------------------------------------
+# owner: training (finetune). The table of docs/finetuning.md: fine-tuning from a synthetic-set
+# model and from stand-in torchvision weights against from-scratch, 3 seeds (~30 min on a busy 2-core box).
+.PHONY: finetune-compare
+finetune-compare: | install
+	OMP_NUM_THREADS=1 $(BIN)/python -m bench.finetune --out results/finetune --image-size 16 --steps 90 --source-steps 150

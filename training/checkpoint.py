@@ -101,6 +101,7 @@ class Provenance:
     git_commit: str | None = None  # artifact.git_commit(): the code's commit, "-dirty" if edited; None outside git
     world_size: int | None = None  # training processes (DDP); None for imported or built weights
     device: str | None = None  # "cpu" or "cuda" for trained weights
+    init_from: dict | None = None  # fine-tuning: the source's record and what happened to its head (finetune.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,7 +122,7 @@ class Provenance:
         if not isinstance(data.get("created"), str):
             raise CheckpointError(f"{source}: provenance.created must be an ISO 8601 time, got {data.get('created')!r}")
         for f in fields(cls):
-            kinds = (int,) if f.name == "world_size" else (str,)
+            kinds = {"world_size": (int,), "init_from": (dict,)}.get(f.name, (str,))
             _check_type(data.get(f.name), kinds, f"{source}: provenance.{f.name}")
         return cls(**data)
 

@@ -5,6 +5,7 @@
     torchrun --nproc_per_node=8 -m training.cli --arch resnet50 --data /data/imagenet --amp --channels-last --out runs/r50
     resnet-train import-torchvision resnet152 --weights IMAGENET1K_V2 --out runs/resnet152-tv
     resnet-train paper --scale small --out results/paper      # the paper's experiments (training.paper)
+    resnet-train --init-from resnet18:IMAGENET1K_V1 --data photos/ --out runs/photos  # fine-tune (docs/finetuning.md)
 
 Bad input (unknown arch, missing or empty data folder, unreadable or foreign --resume file, a
 checkpoint of another arch) is one line on stderr and exit status 2, before anything is written.
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import cliconfig
 from artifact import ArtifactError
-from training import checkpoint, hub, train
+from training import checkpoint, finetune, hub, train
 from training.checkpoint import CheckpointError
 from training.config import TrainConfig, resume_config
 from training.data import DataError
@@ -62,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             given = _train_parser().parse(argv)
             resume = given.pop("resume", None)
+            if resume and "init_from" in given:
+                raise ValueError("--init-from starts a new run and --resume continues one: give only one of them")
+            if "init_from" in given:  # the source's arch unless --arch says otherwise (then checked)
+                given.setdefault("arch", finetune.source_arch(given["init_from"]))
             if resume:
                 saved = checkpoint.load(resume)
                 if "train_state" not in saved:

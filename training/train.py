@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from training import checkpoint, data, models, progress
-from training.config import TrainConfig, lr_factor, resolve
+from artifact import Preprocessing
+from training import checkpoint, data, finetune, models, progress
+from training.config import TrainConfig, resolve
 
 
 class _Keyed(Dataset):
@@ -157,6 +158,10 @@ def run(config: TrainConfig, resume: str | os.PathLike | None = None, command: s
 
 def _run(config: TrainConfig, resume, command: str, world: _Dist) -> Path:
     state = checkpoint.load(resume) if resume else None
+    # Fine-tuning (training.finetune): the source is read before anything is written.
+    source = finetune.load_source(config.init_from) if config.init_from and not state else None
+    if source and not config.image_size:
+        config = replace(config, image_size=source.preprocessing.input_size)
     record = state["dataset"] if state else data.record_for(
         config.data, seed=config.seed, train_size=config.train_size, val_size=config.val_size,
         input_size=config.image_size or models.native_input_size(config.arch), cifar_root=config.cifar_root or None)
@@ -164,16 +169,23 @@ def _run(config: TrainConfig, resume, command: str, world: _Dist) -> Path:
     val_set = data.build_dataset(record, "val")
     if not state:
         config = resolve(config, len(train_set), world.world)
+        config = finetune.resolve(config, len(train_set) // (config.batch_size * world.world))
     elif state["arch"] != config.arch:
         raise checkpoint.CheckpointError(f"{str(resume)!r} holds a {state['arch']} checkpoint, not {config.arch}")
     elif not config.max_steps:  # resuming with a new --epochs: the run's length in steps
         config = replace(config, max_steps=config.epochs * (len(train_set) // (config.batch_size * world.world)))
     pre = data.preprocessing_for(record, config.image_size)
+    if config.init_from:  # the source's preprocessing; a resumed fine-tuning run keeps its own
+        pre = finetune.preprocessing(source, config.image_size) if source else Preprocessing.from_dict(state["preprocessing"])
     out = Path(config.out)
     device, cuda = world.device, world.device.type == "cuda"
 
     torch.manual_seed(config.seed)
     model = models.build(config.arch, len(train_set.class_ids), config.zero_init_residual)
+    started_from = state.get("provenance", {}).get("init_from") if state else None
+    if source:
+        started_from = {**source.record, "head": finetune.apply(model, source, config.arch, train_set.class_ids)}
+    finetune.freeze_batchnorm(model, config)
     fmt = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=fmt)
     if config.amp and not cuda:  # see models.strided_convs_on_one_pixel: those run in fp32
@@ -181,7 +193,7 @@ def _run(config: TrainConfig, resume, command: str, world: _Dist) -> Path:
             _run_in_fp32(model.get_submodule(name))
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: finetune.lr_factor(step, config))
     amp_dtype = torch.bfloat16 if not cuda or config.amp_dtype == "bf16" else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp and cuda and amp_dtype == torch.float16)
 
@@ -197,6 +209,7 @@ def _run(config: TrainConfig, resume, command: str, world: _Dist) -> Path:
         scaler.load_state_dict(train_state["scaler"])
         _set_rng_state(train_state["rng"])
         step, best = train_state["step"], state["metrics"]
+    finetune.set_phase(model, config, step)
     net = DistributedDataParallel(model) if world.enabled else model
 
     sampler = _KeyedSampler(DistributedSampler(train_set, world.world, world.rank, shuffle=True,
@@ -224,7 +237,7 @@ def _run(config: TrainConfig, resume, command: str, world: _Dist) -> Path:
                          "scaler": scaler.state_dict(), "rng": _rng_state(), "step": step,
                          "epoch": step // steps_per_epoch},
             provenance=checkpoint.Provenance.here(command or " ".join(sys.argv), world_size=world.world,
-                                                  device=device.type),
+                                                  device=device.type, init_from=started_from),
         ).save(out / "checkpoint.pt")
 
     if world.main:
@@ -242,6 +255,8 @@ def _run(config: TrainConfig, resume, command: str, world: _Dist) -> Path:
         bar.update(skip)  # a resumed epoch starts where it stopped
         window = [0.0, 0.0, 0, time.monotonic()]  # loss sum, hits, images, start
         for images, labels in train_loader:
+            if finetune.set_phase(model, config, step):  # the head phase is over: train every weight
+                net = DistributedDataParallel(model) if world.enabled else model
             images = images.to(device, non_blocking=True, memory_format=fmt)
             labels = labels.to(device, non_blocking=True)
             with autocast():
