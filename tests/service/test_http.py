@@ -7,7 +7,6 @@ import time
 
 import httpx
 import pytest
-from PIL import Image
 
 from litestar.testing import TestClient
 
