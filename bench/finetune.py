@@ -100,6 +100,12 @@ def _train(argv: list[str]) -> tuple[dict, float]:
     return checkpoint.load(Path(out) / "checkpoint.pt")["metrics"], seconds
 
 
+def checkpoint_metrics(run: Path) -> dict:
+    from training import checkpoint
+
+    return checkpoint.load(run / "checkpoint.pt")["metrics"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.finetune", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="results/finetune", help="folder for the runs, results.json and table.md")
@@ -107,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=180, help="optimizer steps of every run on the photos")
     parser.add_argument("--source-steps", type=int, default=200, help="steps of the synthetic-set source model")
     parser.add_argument("--image-size", type=int, default=32, help="network input side in pixels")
+    parser.add_argument("--starts", default="synthetic,stand-in,scratch",
+                        help="comma-separated starts to run, of: synthetic, stand-in, scratch, synthetic-same-lr")
     parser.add_argument("--write-photos", metavar="DIR", help="only write the photo folder into DIR and exit")
     args = parser.parse_args(argv)
     if args.write_photos:
@@ -123,16 +131,27 @@ def main(argv: list[str] | None = None) -> int:
 
     size = ["--image-size", str(args.image_size)]
     source_run = out / "source-synthetic"
-    source_metrics, source_seconds = _train([
+    source_argv = [
         "--arch", "resnet18", "--data", "synthetic", *size, "--batch-size", "32", "--train-size", "6400",
         "--val-size", "300", "--max-steps", str(args.source_steps), "--lr", "0.1", "--zero-init-residual",
-        "--lr-schedule", "cosine", "--workers", "0", "--log-every", "1000", "--seed", "0", "--out", str(source_run)])
+        "--lr-schedule", "cosine", "--workers", "0", "--log-every", "1000", "--seed", "0", "--out", str(source_run)]
+    if (source_run / "checkpoint.pt").is_file():  # a finished source from an earlier call: reused
+        source_metrics, source_seconds = checkpoint_metrics(source_run), float("nan")
+    else:
+        source_metrics, source_seconds = _train(source_argv)
     print(f"source: resnet18 on the synthetic set, {args.source_steps} steps, val top-1 "
-          f"{source_metrics['val_top1']:.1f}% ({source_seconds:.0f} s)", file=sys.stderr)
+          f"{source_metrics['val_top1']:.1f}% ({source_seconds:.0f} s; nan: reused)", file=sys.stderr)
 
     starts = {"synthetic": ["--init-from", str(source_run / "checkpoint.pt")],
               "stand-in": ["--init-from", "resnet18:IMAGENET1K_V1"],
-              "scratch": ["--arch", "resnet18"]}
+              "scratch": ["--arch", "resnet18"],
+              # the ablation: no lower lr for the whole-net phase (0.1 x 32 / 256, the head's lr)
+              "synthetic-same-lr": ["--init-from", str(source_run / "checkpoint.pt"), "--finetune-lr", "0.0125"]}
+    chosen = [s for s in args.starts.split(",") if s]
+    unknown = sorted(set(chosen) - set(starts))
+    if unknown:
+        parser.error(f"unknown --starts {unknown}; expected some of {sorted(starts)}")
+    starts = {name: flags for name, flags in starts.items() if name in chosen}
     runs = []
     for seed in [int(s) for s in args.seeds.split(",") if s]:
         for start, flags in starts.items():

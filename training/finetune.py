@@ -118,6 +118,8 @@ def preprocessing(source: Source, image_size: int) -> Preprocessing:
 
 def resolve(config: TrainConfig, steps_per_epoch: int) -> TrainConfig:
     """Fill the fine-tuning defaults of a resolved config: head_steps, finetune_lr, finetune_bn."""
+    if not config.init_from:
+        return config
     head_steps = steps_per_epoch if config.head_steps < 0 else config.head_steps
     bn = config.finetune_bn
     if bn == "auto":
