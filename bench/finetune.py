@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source-steps", type=int, default=200, help="steps of the synthetic-set source model")
     parser.add_argument("--image-size", type=int, default=32, help="network input side in pixels")
     parser.add_argument("--starts", default="synthetic,stand-in,scratch",
-                        help="comma-separated starts to run, of: synthetic, stand-in, scratch, synthetic-same-lr")
+                        help="comma-separated starts to run, of: synthetic, stand-in, scratch, synthetic-same-lr, synthetic-half-lr")
     parser.add_argument("--write-photos", metavar="DIR", help="only write the photo folder into DIR and exit")
     args = parser.parse_args(argv)
     if args.write_photos:
@@ -145,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     starts = {"synthetic": ["--init-from", str(source_run / "checkpoint.pt")],
               "stand-in": ["--init-from", "resnet18:IMAGENET1K_V1"],
               "scratch": ["--arch", "resnet18"],
-              # the ablation: no lower lr for the whole-net phase (0.1 x 32 / 256, the head's lr)
-              "synthetic-same-lr": ["--init-from", str(source_run / "checkpoint.pt"), "--finetune-lr", "0.0125"]}
+              # the ablations: the whole-net phase at the head's lr (0.1 x 32 / 256), and at half of it
+              "synthetic-same-lr": ["--init-from", str(source_run / "checkpoint.pt"), "--finetune-lr", "0.0125"],
+              "synthetic-half-lr": ["--init-from", str(source_run / "checkpoint.pt"), "--finetune-lr", "0.00625"]}
     chosen = [s for s in args.starts.split(",") if s]
     unknown = sorted(set(chosen) - set(starts))
     if unknown:
