@@ -61,7 +61,7 @@ FLAGS = {
     "--log-every": ("log_every", int, "steps between progress/metrics lines (default 50)"),
     "--init-from": ("init_from", str, "fine-tune: start from a checkpoint.pt or torchvision arch:WEIGHTS (e.g. resnet18:IMAGENET1K_V1)"),
     "--head-steps": ("head_steps", int, "fine-tune: steps training only the new head first (default: one epoch)"),
-    "--finetune-lr": ("finetune_lr", float, "fine-tune: peak lr once the whole net trains (default: --lr / 10)"),
+    "--finetune-lr": ("finetune_lr", float, "fine-tune: peak lr once the whole net trains (default: --lr / 2)"),
     "--finetune-bn": ("finetune_bn", str, "fine-tune: BN statistics frozen, train, or auto (default: frozen below batch 16)"),
 }
 SWITCHES = {
