@@ -44,6 +44,7 @@ PHOTOS = {
     "motorcycle": lambda d: d.stereo_motorcycle()[0],
     "rocket": lambda d: d.rocket(),
 }
+STARTS = ("synthetic-tenth-lr", "synthetic-half-lr", "synthetic-same-lr", "stand-in", "scratch")  # see main
 TRAIN_SHARE = 0.6  # train crops from the left 60% of each photo, val crops from the right 40%
 
 
@@ -121,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_photos:
         print(photo_folder(args.write_photos))
         return 0
+    chosen = [s for s in args.starts.split(",") if s]
+    unknown = sorted(set(chosen) - set(STARTS))
+    if unknown:
+        parser.error(f"unknown --starts {unknown}; expected some of {list(STARTS)}")
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -137,11 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         "--val-size", "300", "--max-steps", str(args.source_steps), "--lr", "0.1", "--zero-init-residual",
         "--lr-schedule", "cosine", "--workers", "0", "--log-every", "1000", "--seed", "0", "--out", str(source_run)]
     if (source_run / "checkpoint.pt").is_file():  # a finished source from an earlier call: reused
-        source_metrics, source_seconds = checkpoint_metrics(source_run), float("nan")
+        source_metrics, source_seconds = checkpoint_metrics(source_run), None
     else:
         source_metrics, source_seconds = _train(source_argv)
+    took = "reused" if source_seconds is None else f"{source_seconds:.0f} s"
     print(f"source: resnet18 on the synthetic set, {args.source_steps} steps, val top-1 "
-          f"{source_metrics['val_top1']:.1f}% ({source_seconds:.0f} s; nan: reused)", file=sys.stderr)
+          f"{source_metrics['val_top1']:.1f}% ({took})", file=sys.stderr)
 
     # The head's lr is 0.1 x 32 / 256 = 0.0125 in every run; the whole-net phase's is explicit, so that
     # the table stays what it says when the default changes (lr / 10 when the first rows were taken).
@@ -151,10 +157,7 @@ def main(argv: list[str] | None = None) -> int:
               "synthetic-same-lr": [*source, "--finetune-lr", "0.0125"],
               "stand-in": ["--init-from", "resnet18:IMAGENET1K_V1", "--finetune-lr", "0.00125"],
               "scratch": ["--arch", "resnet18"]}
-    chosen = [s for s in args.starts.split(",") if s]
-    unknown = sorted(set(chosen) - set(starts))
-    if unknown:
-        parser.error(f"unknown --starts {unknown}; expected some of {sorted(starts)}")
+    assert tuple(starts) == STARTS, "STARTS lists these names for --starts"
     starts = {name: flags for name, flags in starts.items() if name in chosen}
     runs = []
     for seed in [int(s) for s in args.seeds.split(",") if s]:
