@@ -130,7 +130,8 @@ serve-imagenet: imagenet-models $(if $(IMAGENET_VAL),$(IMAGENET_MODELS)/cascade.
 	$(BIN)/resnet-serve --models $(IMAGENET_MODELS) --host $(HOST) --port $(PORT)
 # --- fine-tuning (docs/finetuning.md) ----------------------------------------------------------
 # owner: training (finetune). The table of docs/finetuning.md: fine-tuning from a synthetic-set
-# model and from stand-in torchvision weights against from-scratch, 3 seeds (~30 min on a busy 2-core box).
+# model (3 whole-net lrs) and from stand-in torchvision weights against from-scratch, 3 seeds each
+# (15 runs of 90 steps, ~45 min on a busy 2-core box).
 .PHONY: finetune-compare
 finetune-compare: | install
 	OMP_NUM_THREADS=1 $(BIN)/python -m bench.finetune --out results/finetune --image-size 16 --steps 90 --source-steps 150
