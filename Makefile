@@ -87,3 +87,14 @@ install-train: EXTRAS := [train]
 $(IMAGE_INSTALLS):
 	test -x $(INTO)/bin/python || $(PYTHON) -m venv $(INTO)
 	$(INTO)/bin/python -m pip install --no-cache-dir '.$(EXTRAS)'
+
+# --- issue 16: the service's own cost per image (docs/performance-per-image.md) ---
+# prepare's CPU per image before/after, then the service against raw ONNX Runtime at 8 clients on the
+# bench's 224x224 models (built into $(RESULTS)/models on first use), 3 interleaved rounds.
+.PHONY: bench-per-image
+bench-per-image: install
+	$(BIN)/python -m bench.payloads $(RESULTS)/payloads
+	$(BIN)/python -m bench.prepare_cost $(RESULTS)/payloads --repeats 40
+	$(BIN)/python -m bench.models $(RESULTS)/models
+	$(BIN)/resnet-bench --models $(RESULTS)/models --only resnet18,resnet18-int8,resnet152 --rounds 3 \
+		--out $(RESULTS)/per-image

@@ -5,10 +5,10 @@
         --payload results/payloads/photo-0.jpg --concurrency 8 --warmup-s 2 --duration-s 40 &
     python -m bench.profile --pid $(pgrep -f 'resnet-serve --models results/models') --seconds 20
 
-py-spy (in the dev venv) samples every thread of the process, active ones only (`--idle` off), with
-native frames so that time inside Pillow's and ONNX Runtime's C code counts. Each sample goes to the
-first stage (in the order below) whose pattern appears in its stack; the table is each stage's share
-of the active samples, i.e. of the CPU the server used.
+py-spy (in the dev venv) samples every thread of the process, with native frames so that time inside
+Pillow's and ONNX Runtime's C code counts. Samples of waiting threads (WAITING) are set apart; every
+other sample goes to the first stage (in the order below) whose pattern appears in its stack, and the
+table gives each stage's share of the working samples, i.e. of the CPU the server used.
 """
 
 from __future__ import annotations
@@ -20,6 +20,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+# Frames of a thread that waits (a pool worker on its queue, the loop in epoll, ORT's idle workers, a
+# thread waiting for the GIL): py-spy's native mode reports these as active, so they are set apart.
+WAITING = ("pthread_cond_timedwait", "pthread_cond_wait", "epoll_wait", "sem_wait", "sem_clockwait", "futex",
+           "take_gil", "select (selectors.py", "nanosleep", "_queue_SimpleQueue_get", "PyThread_acquire_lock")
 # stage -> substrings of frame names ("function (file)"), first match wins, in this order.
 STAGES = {
     "inference (ONNX Runtime)": ("onnxruntime", "InferenceSession", "_infer", "probabilities", "libmlas", "mlas"),
@@ -32,6 +36,8 @@ STAGES = {
 
 
 def classify(stack: str) -> str:
+    if any(w in stack for w in WAITING):
+        return "waiting"
     for stage, patterns in STAGES.items():
         if any(p in stack for p in patterns):
             return stage
@@ -58,14 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = args.raw or Path(tmp) / "stacks.txt"
         command = ["py-spy", "record", "--pid", str(args.pid), "--duration", str(args.seconds), "--rate",
-                   str(args.rate), "--format", "raw", "--native", "--nonblocking", "--output", str(out)]
+                   str(args.rate), "--format", "raw", "--native", "--output", str(out)]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             print(f"py-spy failed: {done.stderr.strip()[-500:]}", file=sys.stderr)
             return 2
         counts = breakdown(out.read_text())
+    waiting = counts.pop("waiting", 0)
     total = sum(counts.values()) or 1
-    print(f"| stage | share of the server's CPU samples ({total} samples, {args.seconds} s) |")
+    print(f"| stage | share of the server's working samples ({total} working, {waiting} waiting, {args.seconds} s) |")
     print("| --- | --- |")
     for stage in [*STAGES, "other"]:
         if stage in counts:
