@@ -38,3 +38,21 @@ def test_rounds_must_not_be_negative():
     assert parse(["--rounds", "3"]).rounds == 3 and parse([]).rounds == 0
     with pytest.raises(BenchError, match="rounds"):
         parse(["--rounds", "-1"])
+
+
+def test_rounds_run_end_to_end_and_write_the_table(tiny_models_dir, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "ratio"
+    command = [sys.executable, "-m", "bench.cli", "--models", str(tiny_models_dir), "--only", "resnet20,resnet18",
+               "--rounds", "2", "--duration-s", "0.5", "--warmup-s", "0.3", "--raw-seconds", "0.02", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((out / "ratio.json").read_text())
+    assert [(r["model"], r["rounds"]) for r in results["summary"]] == [("resnet20", 2), ("resnet18", 2)]
+    # interleaved: round 1 of every model comes before round 2 of any
+    assert [r["model"] for r in results["rounds"]] == ["resnet20", "resnet18"] * 2
+    assert results["meta"]["concurrency"] == 8
+    assert "| resnet20 |" in (out / "ratio.md").read_text() and "round 2/2 resnet18" in done.stderr
