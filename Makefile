@@ -128,6 +128,7 @@ $(IMAGENET_MODELS)/cascade.json: $(IMAGENET_MODELS)/resnet18/model.onnx $(IMAGEN
 
 serve-imagenet: imagenet-models $(if $(IMAGENET_VAL),$(IMAGENET_MODELS)/cascade.json)
 	$(BIN)/resnet-serve --models $(IMAGENET_MODELS) --host $(HOST) --port $(PORT)
+
 # --- fine-tuning (docs/finetuning.md) ----------------------------------------------------------
 # owner: training (finetune). The table of docs/finetuning.md: fine-tuning from a synthetic-set
 # model (3 whole-net lrs) and from stand-in torchvision weights against from-scratch, 3 seeds each
@@ -135,3 +136,14 @@ serve-imagenet: imagenet-models $(if $(IMAGENET_VAL),$(IMAGENET_MODELS)/cascade.
 .PHONY: finetune-compare
 finetune-compare: | install
 	OMP_NUM_THREADS=1 $(BIN)/python -m bench.finetune --out results/finetune --image-size 16 --steps 90 --source-steps 150
+
+# --- issue 16: the service's own cost per image (docs/performance-per-image.md) ---
+# prepare's CPU per image before/after, then the service against raw ONNX Runtime at 8 clients on the
+# bench's 224x224 models (built into $(RESULTS)/models on first use), 3 interleaved rounds.
+.PHONY: bench-per-image
+bench-per-image: install
+	$(BIN)/python -m bench.payloads $(RESULTS)/payloads
+	$(BIN)/python -m bench.prepare_cost $(RESULTS)/payloads --repeats 40
+	$(BIN)/python -m bench.models $(RESULTS)/models
+	$(BIN)/resnet-bench --models $(RESULTS)/models --only resnet18,resnet18-int8,resnet152 --rounds 3 \
+		--out $(RESULTS)/per-image
