@@ -40,6 +40,7 @@ def say(message: str, started: float = time.monotonic()) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global ARCHS
     p = argparse.ArgumentParser(description="the GPU path measured on an NVIDIA GPU (docs/gpu.md)")
     p.add_argument("--out", type=Path, default=Path("results/gpu"))
     p.add_argument("--phase", choices=("export", "raw", "train", "cli-train"), help=argparse.SUPPRESS)
@@ -47,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-steps", type=int, default=200)
     p.add_argument("--cli-train-steps", type=int, default=20)
     p.add_argument("--concurrency", default=CONCURRENCY)
+    p.add_argument("--service-models", default="resnet18-fp16,resnet18", help="models resnet-bench loads on the service")
+    p.add_argument("--archs", default=",".join(ARCHS), help="networks to export and measure (default both)")
+    p.add_argument("--service-variants", default="",
+                   help="';'-separated extra resnet-serve flag sets, one service run each (default: one run, no extras)")
     p.add_argument("--skip", default="", help="comma-separated phases to skip: export,raw,service,train,cli-train")
     args = p.parse_args(argv)
     from service import cuda
@@ -56,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu-check: no usable NVIDIA GPU ({gpu.reason}); nothing measured", file=sys.stderr)
         return 2
     models = args.models or args.out.parent / "gpu-models"
+    ARCHS = tuple(args.archs.split(","))
     if args.phase:
         result = PHASES[args.phase](args, models)
         print(json.dumps(result))
@@ -74,7 +80,17 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         say(f"{phase} ...")
         try:
-            results[phase] = _service(args, models) if phase == "service" else _subprocess(phase, args, models)
+            if phase == "service" and args.service_variants:
+                results["service_variants"] = {}
+                for i, variant in enumerate(args.service_variants.split(";")):
+                    try:
+                        results["service_variants"][variant] = _service(args, models, variant.split(), f"service-{i}")
+                    except Exception as error:  # noqa: BLE001 - the next variant may still run
+                        results["errors"][f"service {variant}"] = f"{type(error).__name__}: {error}"[-2000:]
+                    _write(args.out, results)
+                results[phase] = next(iter(results["service_variants"].values()))
+            else:
+                results[phase] = _service(args, models) if phase == "service" else _subprocess(phase, args, models)
         except Exception as error:  # noqa: BLE001 - one failed phase must not lose the others
             results["errors"][phase] = f"{type(error).__name__}: {error}"[-2000:]
             say(f"{phase} FAILED: {results['errors'][phase][-500:]}")
@@ -89,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 def _subprocess(phase: str, args, models: Path) -> dict:
     command = [sys.executable, "-m", "bench.gpu_check", "--phase", phase, "--out", str(args.out),
                "--models", str(models), "--train-steps", str(args.train_steps),
-               "--cli-train-steps", str(args.cli_train_steps)]
+               "--cli-train-steps", str(args.cli_train_steps), "--archs", args.archs]
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"phase {phase} exited with {done.returncode}")
@@ -179,24 +195,25 @@ def raw_phase(args, models: Path) -> dict:
 
 
 # --- phase 3: the service under resnet-bench ------------------------------------------------------
-def _service(args, models: Path) -> dict:
-    out = args.out / "service"
+def _service(args, models: Path, extra: list[str] = (), folder: str = "service") -> dict:
+    out = args.out / folder
     # resnet-serve warms every model at every rung of the batch ladder: resnet18 alone starts quickly.
     served = models.parent / "gpu-models-served"
-    for name in ("resnet18", "resnet18-fp16"):
+    for name in args.service_models.split(","):
         (served / name).mkdir(parents=True, exist_ok=True)
         if not (served / name / "model.onnx").exists():
             os.link(models / name / "model.onnx", served / name / "model.onnx")
-    command = [sys.executable, "-m", "bench.cli", "--models", str(served), "--only", "resnet18-fp16,resnet18",
+    command = [sys.executable, "-m", "bench.cli", "--models", str(served), "--only", args.service_models,
                "--payloads", "photo", "--concurrency", args.concurrency, "--warmup-s", "1", "--duration-s", "3", "--raw-seconds", "0.3",
-               "--no-baseline", "--out", str(out), "--", "--max-batch-size", "128", "--providers", "cuda,cpu"]
+               "--no-baseline", "--out", str(out), "--", "--max-batch-size", "128", "--providers", "cuda,cpu", *extra]
     done = subprocess.run(command, stdout=subprocess.DEVNULL)
     if done.returncode != 0:
         raise RuntimeError(f"resnet-bench exited with {done.returncode}")
     bench = json.loads((out / "results.json").read_text())
     logs = sorted((out / "logs").glob("resnet-serve*.log"))
     head = logs[0].read_text(errors="replace").splitlines()[:40] if logs else []
-    for file in ("payloads", "models", "logs"):  # keep the returned files within the device tool's limit
+    dropped = ("payloads", "models", "logs") if folder == "service" else ("payloads", "models", "logs", "table.md", "results.png")
+    for file in dropped:  # keep the returned files within the device tool's limit
         subprocess.run(["rm", "-rf", str(out / file)])
     return {"service": bench["service"], "decode_ms": bench["decode_ms"], "raw": bench["raw"],
             "models": bench["models"], "command": " ".join(command[2:]), "serve_log_head": head}
@@ -323,6 +340,13 @@ def table(results: dict) -> str:
         lines += [f"| {r['model']} | {r.get('payload', '')} | {r['concurrency']} | {r['images_per_s']:.0f} | "
                   f"{r.get('p50_ms', 0):.1f} | {r.get('p99_ms', 0):.1f} |" for r in service]
         lines += ["", "decode + preprocess, ms per image on one thread: " + json.dumps(results["service"]["decode_ms"]), ""]
+    if results.get("service_variants"):
+        lines += ["## resnet-serve variants (img/s by concurrency; p50 ms)", ""]
+        for variant, run in results["service_variants"].items():
+            lines.append(f"- `{variant or 'defaults'}`: " + ", ".join(
+                f"{r['model']} c={r['concurrency']} {r['images_per_s']:.0f} ({r['p50_ms']:.0f} ms, batch {r.get('mean_batch', 0):.1f})"
+                for r in run["service"]))
+        lines.append("")
     if "train" in results:
         t = results["train"]
         lines += [f"## Training: resnet50 {t['images_per_s']:.0f} img/s ({t['settings']}, batch {t['batch']}, "

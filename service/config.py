@@ -68,6 +68,9 @@ class ServeConfig:
     cudnn_conv_algo_search: str = _opt(
         "exhaustive", "cuDNN convolution algorithm choice on CUDA: exhaustive (benchmark once per shape), heuristic or default"
     )
+    cuda_arena_extend_strategy: str = _opt(
+        "same_as_requested", "how the CUDA memory arena grows: same_as_requested or next_power_of_two"
+    )
     warmup_runs: int = _opt(2, "inferences per model and batch shape before /health/ready reports ready")
     drain_timeout_s: float = _opt(30.0, "on SIGTERM, seconds to let in-flight requests finish")
     log_level: str = _opt("info", "debug, info, warning or error")
@@ -92,6 +95,11 @@ class ServeConfig:
         if self.cudnn_conv_algo_search not in ("exhaustive", "heuristic", "default"):
             raise ConfigError(
                 f"cudnn_conv_algo_search must be exhaustive, heuristic or default, got {self.cudnn_conv_algo_search!r}"
+            )
+        if self.cuda_arena_extend_strategy not in ("same_as_requested", "next_power_of_two"):
+            raise ConfigError(
+                "cuda_arena_extend_strategy must be same_as_requested or next_power_of_two, "
+                f"got {self.cuda_arena_extend_strategy!r}"
             )
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")

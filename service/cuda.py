@@ -75,15 +75,21 @@ def probe() -> GpuProbe:
     return GpuProbe(count.value, "")
 
 
-def provider_options(device_id: int = 0, conv_algo_search: str = "exhaustive") -> dict[str, str]:
+ARENA_STRATEGIES = {"same_as_requested": "kSameAsRequested", "next_power_of_two": "kNextPowerOfTwo"}
+
+
+def provider_options(device_id: int = 0, conv_algo_search: str = "exhaustive",
+                     arena: str = "same_as_requested") -> dict[str, str]:
     """The CUDA provider's options for a serving process (the module docstring says why each)."""
+    if arena not in ARENA_STRATEGIES:
+        raise ValueError(f"arena_extend_strategy must be one of {sorted(ARENA_STRATEGIES)}, got {arena!r}")
     if device_id < 0:
         raise ValueError(f"cuda device id must be >= 0, got {device_id}")
     if conv_algo_search not in CONV_ALGO_SEARCH:
         raise ValueError(f"cudnn_conv_algo_search must be one of {CONV_ALGO_SEARCH}, got {conv_algo_search!r}")
     return {
         "device_id": str(device_id),
-        "arena_extend_strategy": "kSameAsRequested",
+        "arena_extend_strategy": ARENA_STRATEGIES[arena],
         "cudnn_conv_algo_search": conv_algo_search.upper(),
         "cudnn_conv_use_max_workspace": "1",
         "do_copy_in_default_stream": "1",

@@ -120,7 +120,9 @@ def provider_list(requested: tuple[str, ...]) -> list[str]:
 
 def providers_with_options(config: ServeConfig) -> list:
     """provider_list with the CUDA provider's serving options (service.cuda) attached."""
-    options = cuda.provider_options(config.cuda_device_id, config.cudnn_conv_algo_search)
+    options = cuda.provider_options(
+        config.cuda_device_id, config.cudnn_conv_algo_search, config.cuda_arena_extend_strategy
+    )
     return [(name, options) if name == PROVIDERS["cuda"] else name for name in provider_list(config.providers)]
 
 

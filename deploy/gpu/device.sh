@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the lent GPU machine (docs/gpu.md). Two calls, made back to back while the machine is warm:
 #   bash .gpu/b/repo/deploy/gpu/device.sh stage .gpu/a     # call 1: keep the first chunk in /tmp
-#   bash .gpu/b/repo/deploy/gpu/device.sh run .gpu/b       # call 2: unpack, install, run the check
+#   bash .gpu/b/repo/deploy/gpu/device.sh run .gpu/b [gpu_check flags]   # call 2: unpack, install, run the check
 set -uo pipefail
 STAGE=/tmp/gpu-stage
 SITE=/tmp/gpu-site
@@ -36,6 +36,6 @@ PY
     NV=$(python3 -c "import nvidia, os; print(os.path.dirname(nvidia.__path__[0]))" 2>/dev/null)/nvidia
     export LD_LIBRARY_PATH=$(find "$NV" -name 'lib*.so*' -printf '%h\n' 2>/dev/null | sort -u | paste -sd:):${LD_LIBRARY_PATH:-}
     python3 -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.__file__, o.get_available_providers())"
-    cd "$SRC/repo" && PYTHONUNBUFFERED=1 python3 -m bench.gpu_check --out "$OUT" --models /tmp/gpu-models ${GPU_CHECK_FLAGS:-} 2>&1 | tee "$OUT/log.txt"
+    cd "$SRC/repo" && PYTHONUNBUFFERED=1 python3 -m bench.gpu_check --out "$OUT" --models /tmp/gpu-models "${@:3}" 2>&1 | tee "$OUT/log.txt"
     ;;
 esac
