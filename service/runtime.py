@@ -111,6 +111,10 @@ def provider_list(requested: tuple[str, ...]) -> list[str]:
     if PROVIDERS["cuda"] in chosen:
         gpu = cuda.probe()
         if gpu.usable:
+            # onnxruntime-gpu 1.31 warns "No registered plugin EP device found for
+            # 'CUDAExecutionProvider'" at every session (seen on the H200) and then uses CUDA all the
+            # same: keep its default logger to errors, as the sessions' own loggers are.
+            ort.set_default_logger_severity(3)
             _preload_cuda()
         else:
             _say_no_gpu(gpu.reason)
