@@ -4,6 +4,7 @@
     POST /classify?depth=152   POST /classify?model=auto&budget_ms=200   (docs/cascade.md)
     GET  /models   GET /models/{name}   GET /health/live   GET /health/ready   GET /metrics
     GET  /schema   (OpenAPI, Litestar's default)
+    /v2/...        the Open Inference Protocol v2 (service/oip.py, docs/oip.md)
 
 The lifespan creates the pipelines and pools and releases them in its `finally`; the Service lives on
 `app.state.service`. Every error, ours or Litestar's, goes through `error_response` into one shape.
@@ -19,13 +20,15 @@ import uuid
 from contextlib import asynccontextmanager
 
 from litestar import Litestar, Request, Response, get, post
+from litestar.middleware import DefineMiddleware
 from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException, ValidationException
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.params import Parameter
 
-from service import cascade_file, errors, ladder as ladders, metrics, schemas, uploads
+from service import admission, cascade_file, errors, ladder as ladders, metrics, oip, schemas, server, uploads
 from service.cascade import Cascade, Policy
 from service.config import ServeConfig
+from service.openapi import ClassifyOperation
 from service.pipeline import Service
 from service.runtime import LoadedModel
 
@@ -78,26 +81,22 @@ async def _classify(
             raise errors.InvalidParameter(
                 f"top_k must be between 1 and {card.num_classes} for {name}, got {k}", parameter="top_k"
             )
-        if not service.ready:
+        if not service.warm:
             raise errors.NotReady()
         kind = uploads.body_kind(request.content_type[0])
         config = service.config
-        if (request.content_length or 0) > config.max_body_bytes:
-            raise errors.BodyTooLarge(
-                f"the request body is over the limit of {config.max_body_bytes} bytes",
-                max_body_bytes=config.max_body_bytes,
-            )
+        # Refused from the headers, before a byte of the body is read (service/admission.py).
+        ticket = admission.admit(pipeline, service.read_budget, request.content_length, config.max_body_bytes)
         deadline = started + config.request_timeout_s
         budget = None if budget_ms is None else started + budget_ms / 1000.0
         try:
             async with asyncio.timeout_at(deadline):
+                body = ticket.read(request.stream())
                 if kind == "raw":
-                    payloads = [await uploads.read_raw(request.stream(), config.max_body_bytes)]
+                    payloads = [await uploads.read_raw(body, config.max_body_bytes)]
                 else:
                     boundary = request.content_type[1].get("boundary")
-                    payloads = await uploads.read_multipart(
-                        request.stream(), boundary, config.max_body_bytes, config.max_images
-                    )
+                    payloads = await uploads.read_multipart(body, boundary, config.max_body_bytes, config.max_images)
                 if name == AUTO:  # the budget bends the depth (cascade.py); the timeout still bounds it
                     answers = await request.app.state.cascade.classify(payloads, deadline, budget)
                 else:  # a named model: the budget is this request's deadline
@@ -108,6 +107,8 @@ async def _classify(
             raise errors.DeadlineExceeded(
                 f"no answer within {within or f'request_timeout_s = {config.request_timeout_s} s'}"
             ) from None
+        finally:
+            ticket.release()
         request.scope[_LOG_FIELDS] = {"model": name, "images": len(payloads)}
         status = 200
     except errors.ServiceError as error:
@@ -148,7 +149,7 @@ _BUDGET = Parameter(
 _TOP_K = Parameter(
     default=None, ge=1, description="classes to return, 1 to the model's class count (default 5, or all if fewer)"
 )
-_CLASSIFY = dict(status_code=200, responses=_ERROR_RESPONSES, description=(
+_CLASSIFY = dict(status_code=200, responses=_ERROR_RESPONSES, operation_class=ClassifyOperation, description=(
     "Body: one image as the raw body (Content-Type image/jpeg, image/png, ...), or multipart/form-data "
     "with one or more files. One image answers {model, predictions}; several answer {model, results}."
 ))  # fmt: skip
@@ -200,23 +201,28 @@ async def describe_model(request: Request, name: str) -> schemas.ModelDetail:
     return schemas.model_info(model.card, model.providers, name == request.app.state.ladder.default_model, detail=True)
 
 
-@get("/health/live")
-async def live(request: Request) -> schemas.Health:
-    """200 while the process answers."""
+@get("/health/live", responses={503: ResponseSpec(schemas.Health, description="a batching loop died")})
+async def live(request: Request) -> Response[schemas.Health]:
+    """200 while the process answers and every batching loop runs."""
     service = _service(request)
-    return schemas.Health("live", {name: m.warm for name, m in service.models.items()})
+    return _health(service, "live")
 
 
-@get("/health/ready", responses={503: ResponseSpec(schemas.Health, description="still warming up")})
+@get("/health/ready", responses={503: ResponseSpec(schemas.Health, description="warming up, or a batching loop died")})
 async def ready(request: Request) -> Response[schemas.Health]:
     """200 once every model is loaded and warm, 503 before."""
     service = _service(request)
-    body = schemas.Health(
-        "ready" if service.ready else "warming_up", {name: m.warm for name, m in service.models.items()}
-    )
-    return Response(
-        body, status_code=200 if service.ready else 503, headers=None if service.ready else {"Retry-After": "1"}
-    )
+    return _health(service, "ready" if service.ready else "warming_up")
+
+
+def _health(service: Service, status: str) -> Response[schemas.Health]:
+    """A dead batcher fails both probes (the pod must be replaced) and says why (issue 12)."""
+    warm = {name: m.warm for name, m in service.models.items()}
+    if service.failures:
+        return Response(schemas.Health("failed", warm, service.failures), status_code=503)
+    ok = status != "warming_up"
+    headers = None if ok else {"Retry-After": "1"}
+    return Response(schemas.Health(status, warm), status_code=200 if ok else 503, headers=headers)
 
 
 @get("/metrics", media_type=metrics.CONTENT_TYPE)
@@ -252,6 +258,10 @@ def error_response(request: Request, exc: Exception) -> Response:
         error = errors.ServiceError("internal error; the request id identifies it in the logs")
     request_id = request.scope.get(_REQUEST_ID) or uuid.uuid4().hex
     headers = {**error.headers, "X-Request-ID": request_id}
+    if isinstance(exc, MethodNotAllowedException) and exc.headers:  # RFC 9110 15.5.6: 405 says Allow
+        headers["Allow"] = exc.headers.get("allow") or exc.headers.get("Allow", "")
+    if oip.owns(request.url.path):  # the Open Inference Protocol's routes answer its own shape
+        return oip.error_response(error, headers)
     return Response(errors.error_body(error, request_id), status_code=error.status, headers=headers)
 
 
@@ -318,10 +328,10 @@ def create_app(
             log.info("stopped: queues drained, pools closed")
 
     return Litestar(
-        route_handlers=[classify, classify_with, list_models, describe_model, live, ready, prometheus],
+        route_handlers=[classify, classify_with, list_models, describe_model, live, ready, prometheus, oip.router],
         lifespan=[lifespan],
         exception_handlers={Exception: error_response},
-        middleware=[RequestContext],
+        middleware=[RequestContext, DefineMiddleware(server.BodyDeadline, timeout_s=config.body_timeout_s)],
         # The classify routes enforce max_body_bytes themselves (uploads.py), with our error shape;
         # no other route reads a body.
         request_max_body_size=None,

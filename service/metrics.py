@@ -111,6 +111,10 @@ class Metrics:
         )
         self.preprocess = Histogram("resnet_preprocess_seconds", "Decode and preprocessing time per image.", ("model",))
         self.inference = Histogram("resnet_inference_seconds", "ONNX Runtime time per batch.", ("model",))
+        # CUDA only (I/O binding): the three parts of one batch, copy_in, compute and copy_out.
+        self.device_seconds = Histogram(
+            "resnet_device_seconds", "GPU time per batch by stage: copy_in, compute, copy_out.", ("model", "stage")
+        )
         self.batch_size = Histogram(
             "resnet_batch_size", "Images per inference.", ("model",), (1, 2, 4, 8, 16, 32, 64, 128)
         )
@@ -133,7 +137,7 @@ class Metrics:
             "resnet_cascade_confidence", "model=auto confidence signal per image, by rung.", ("model",), CONFIDENCE
         )
         self.all = (self.requests, self.images, self.request_seconds, self.queue_wait, self.preprocess,
-                    self.inference, self.batch_size, self.queue_depth, self.cascade_answers,
+                    self.inference, self.device_seconds, self.batch_size, self.queue_depth, self.cascade_answers,
                     self.cascade_escalations, self.cascade_skipped, self.cascade_confidence)  # fmt: skip
 
     def render(self) -> str:

@@ -103,9 +103,10 @@ class ModelList(msgspec.Struct, omit_defaults=True):
     auto: Auto | None = None
 
 
-class Health(msgspec.Struct):
-    status: str  # "live", "ready" or "warming_up"
+class Health(msgspec.Struct, omit_defaults=True):
+    status: str  # "live", "ready", "warming_up" or "failed"
     models: dict[str, bool]  # name -> warmed up
+    failures: dict[str, str] = msgspec.field(default_factory=dict)  # model -> why its batching loop died
 
 
 class ErrorDetail(msgspec.Struct):

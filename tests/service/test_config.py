@@ -57,7 +57,7 @@ def test_zero_threads_means_every_available_cpu():
 @pytest.mark.parametrize(
     "argv, env, message",
     [
-        ([], {}, "the models folder is required"),
+        ([], {}, "--models MODELS or RESNET_SERVE_MODELS is required"),
         (["--models", "m", "--port", "eighty"], {}, "--port must be an integer, got 'eighty'"),
         (
             ["--models", "m"],
