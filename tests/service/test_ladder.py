@@ -63,7 +63,7 @@ def test_a_bad_ladder_refuses_to_start_with_one_line(tmp_path, capsys, names, me
     write_model(tmp_path, "resnet34", *SHALLOW[1:], classes=(("a", "a"), ("b", "b"), ("c", "c")))
     assert main(["--models", str(tmp_path), "--providers", "cpu", "--ladder", ",".join(names)]) == 2
     last = capsys.readouterr().err.splitlines()[-1]  # after the JSON log lines of the models loaded
-    assert last.startswith("resnet-serve: " + message)
+    assert last.startswith("resnet-serve: ") and message in last
 
 
 @pytest.mark.parametrize(
@@ -82,7 +82,7 @@ def test_a_stale_or_bad_cascade_file_refuses_to_start_and_names_the_fix(tmp_path
     write_cascade_file(tmp_path, **change)
     assert main(["--models", str(tmp_path), "--providers", "cpu"]) == 2
     last = capsys.readouterr().err.splitlines()[-1]
-    assert last.startswith("resnet-serve: cascade file") and message in last
+    assert last.startswith("resnet-serve: ") and "cascade file" in last and message in last
     assert f"resnet-calibrate --models {tmp_path}" in last
 
 
