@@ -80,7 +80,8 @@ def _metadata(pipeline: ModelPipeline) -> dict:
              "parameters": {"description": "one whole image file per element, preprocessed as /classify does"}},
             {"name": name, "datatype": datatype_of(dtype), "shape": shape,
              "parameters": {"description": f"preprocessed pixels: resize {prep.resize_size}, center crop "
-                            f"{prep.input_size}, RGB, /255, normalised by mean {list(prep.mean)} std {list(prep.std)}"}},
+                            f"{prep.input_size}, RGB, /255, normalised by mean {list(prep.mean)} "
+                            f"std {list(prep.std)}"}},
         ],
         "outputs": [
             {"name": OUTPUT, "datatype": "FP32", "shape": [-1, card.num_classes],
@@ -167,7 +168,8 @@ async def _infer(request: Request, service: Service, pipeline: ModelPipeline, st
             body = await uploads.read_raw(request.stream(), config.max_body_bytes)
             header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
             if len(header) > _INLINE_HEADER_BYTES:
-                parsed = await asyncio.get_running_loop().run_in_executor(service.decode_pool, parse_request, header, binary)
+                loop = asyncio.get_running_loop()
+                parsed = await loop.run_in_executor(service.decode_pool, parse_request, header, binary)
             else:
                 parsed = parse_request(header, binary)
             outputs = _requested_outputs(parsed.outputs, parsed.binary_output, card.num_classes)
