@@ -12,7 +12,7 @@ import logging
 from collections import deque
 from typing import Awaitable, Callable, Generic, Sequence, TypeVar
 
-from service.errors import DeadlineExceeded, Overloaded
+from service.errors import BatcherFailed, DeadlineExceeded, Overloaded
 
 log = logging.getLogger("service.batching")
 
@@ -41,6 +41,8 @@ class Batcher(Generic[In, Out]):
     count, exactly the callers in that batch get the error. At most `queue_size` items wait: a
     `submit` that would exceed it raises `Overloaded` at once. An item whose deadline has passed
     before its batch starts fails with `DeadlineExceeded`; one whose caller gave up is skipped.
+    If the loop itself dies (a bug, not a failed batch), every waiting item and every later `submit`
+    fails at once with `BatcherFailed`, `failure` says why, and the service reports itself unready.
     """
 
     def __init__(
@@ -72,6 +74,8 @@ class Batcher(Generic[In, Out]):
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closing = False
+        self._running: list[_Item] = []  # the batch being run: its callers are waiters too
+        self.failure: BaseException | None = None  # why the loop died, if it did
 
     @property
     def pending(self) -> int:
@@ -89,17 +93,56 @@ class Batcher(Generic[In, Out]):
         """Start the batching loop on the running event loop."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"{self.name}-loop")
+            self._task.add_done_callback(self._supervise)
+
+    def _supervise(self, task: asyncio.Task) -> None:
+        """The loop's owner (STYLE.md): a loop that ends other than by close() fails its waiters now,
+        rather than at their deadlines, and marks the batcher dead (issue 12)."""
+        if task.cancelled():
+            error: BaseException = asyncio.CancelledError("the batching loop was cancelled")
+        elif task.exception() is not None:
+            error = task.exception()
+        elif not self._closing:
+            error = RuntimeError("the batching loop returned")
+        else:
+            return
+        self.failure = error
+        waiting = [item for item in (*self._running, *self._queue) if not item.future.done()]
+        log.error(
+            "%s: the batching loop died (%r); failing %d waiting requests", self.name, error, len(waiting),
+            exc_info=error if isinstance(error, Exception) else None, extra={"model": self.name},
+        )  # fmt: skip
+        for item in waiting:
+            item.future.set_exception(self._failed())
+        self._running, self._queue = [], deque()
+
+    def _failed(self) -> BatcherFailed:
+        return BatcherFailed(f"{self.name}: the batching loop died ({self.failure!r}); the service needs a restart")
+
+    def check_alive(self) -> None:
+        """Raise BatcherFailed (500) if the loop has died: a request can be refused before its body."""
+        if self.failure is not None:
+            raise self._failed()
 
     async def close(self) -> None:
         """Refuse new items, run the ones already queued, then stop the loop."""
         self._closing = True
         self._wake.set()
         if self._task is not None:
-            await self._task
+            await asyncio.gather(self._task, return_exceptions=True)  # a dead loop was reported already
             self._task = None
+
+    async def __aenter__(self) -> Batcher[In, Out]:
+        """`async with Batcher(...) as batcher:` starts it, and closes it on the way out."""
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.close()
 
     async def submit(self, payloads: Sequence[In], deadline: float | None = None) -> list[Out]:
         """Queue `payloads` and wait for their outputs, in order. `deadline` is a `loop.time()`."""
+        self.check_alive()
         if self._closing or self._task is None:
             raise Overloaded(f"{self.name} is not accepting work (shutting down)")
         if len(self._queue) + len(payloads) > self.queue_size:
@@ -141,8 +184,9 @@ class Batcher(Generic[In, Out]):
                             await self._wake.wait()
                 except TimeoutError:
                     pass
-            batch = [self._queue.popleft() for _ in range(min(self.max_batch_size, len(self._queue)))]
-            await self._run(batch, loop.time())
+            self._running = [self._queue.popleft() for _ in range(min(self.max_batch_size, len(self._queue)))]
+            await self._run(self._running, loop.time())
+            self._running = []
 
     def _should_wait(self) -> bool:
         return len(self._queue) < self.max_batch_size and not self._closing and self._more_coming()

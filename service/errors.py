@@ -95,6 +95,30 @@ class DeadlineExceeded(ServiceError):
     status, code = 504, "deadline_exceeded"
 
 
+class BodyTimeout(ServiceError):
+    """The client did not send its whole body within body_timeout_s; the connection is closed after."""
+
+    status, code = 408, "body_timeout"
+
+    def __init__(self, message: str, **details) -> None:
+        super().__init__(message, headers={"Connection": "close"}, **details)
+
+
+class HeadersTooLarge(ServiceError):
+    """The request's headers are over the size or count the service reads (RFC 6585's 431)."""
+
+    status, code = 431, "headers_too_large"
+
+    def __init__(self, message: str, **details) -> None:
+        super().__init__(message, headers={"Connection": "close"}, **details)
+
+
+class BatcherFailed(ServiceError):
+    """A model's batching loop died: every waiting request and every later one gets this at once."""
+
+    status, code = 500, "batcher_failed"
+
+
 class InferenceFailed(ServiceError):
     """ONNX Runtime raised while running a batch; every request in that batch gets this."""
 

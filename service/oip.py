@@ -22,7 +22,7 @@ import importlib.metadata
 import numpy as np
 from litestar import Request, Response, Router, get, post
 
-from service import errors, uploads
+from service import admission, errors, uploads
 from service.oip_codec import (
     HEADER_LENGTH, BadRequest, Output, classification, datatype_of, encode_response, parse_request, split_body,
 )  # fmt: skip
@@ -160,12 +160,12 @@ async def _infer(request: Request, service: Service, pipeline: ModelPipeline, st
     encoding = request.headers.get("content-encoding", "identity").lower()
     if encoding != "identity":
         raise errors.UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported: send the body uncompressed")
-    if (request.content_length or 0) > config.max_body_bytes:
-        raise errors.BodyTooLarge(f"the request body is over the limit of {config.max_body_bytes} bytes")
+    # The same admission as /classify (service/admission.py): refused from the headers, before the body.
+    ticket = admission.admit(pipeline, service.read_budget, request.content_length, config.max_body_bytes)
     deadline = started + config.request_timeout_s
     try:
         async with asyncio.timeout_at(deadline):
-            body = await uploads.read_raw(request.stream(), config.max_body_bytes)
+            body = await uploads.read_raw(ticket.read(request.stream()), config.max_body_bytes)
             header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
             if len(header) > _INLINE_HEADER_BYTES:
                 loop = asyncio.get_running_loop()
@@ -184,6 +184,8 @@ async def _infer(request: Request, service: Service, pipeline: ModelPipeline, st
                 rows = await pipeline.infer(_pixels(tensor, pipeline, config.max_images), deadline)
     except TimeoutError:
         raise errors.DeadlineExceeded(f"no answer within request_timeout_s = {config.request_timeout_s} s") from None
+    finally:
+        ticket.release()
     probabilities = np.stack(rows).astype(np.float32, copy=False)
     tensors = []
     for output in outputs:

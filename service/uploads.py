@@ -16,6 +16,7 @@ from service.errors import BadImage, BodyTooLarge, TooManyImages, UnsupportedMed
 from service.preprocess import MEDIA_TYPES
 
 MULTIPART = "multipart/form-data"
+EXTRA_PARTS = 16  # form fields without a file that an upload may carry beside its images (ignored)
 _ACCEPTED = (
     f"image/jpeg, image/png, image/gif, image/bmp, image/tiff, image/webp, application/octet-stream or {MULTIPART}"
 )
@@ -54,7 +55,7 @@ async def read_multipart(
     current: bytearray | None = None
     size = 0
     try:
-        with PushMultipartParser(boundary, max_segment_count=max_images + 16) as parser:
+        with PushMultipartParser(boundary, max_segment_count=max_images + EXTRA_PARTS) as parser:
             async for chunk in stream:
                 size += len(chunk)
                 if size > max_bytes:
@@ -75,8 +76,16 @@ async def read_multipart(
                     break
             if not parser.closed:
                 list(parser.parse(b""))  # end of input: raises on a truncated body
-    except ParserLimitReached:
-        raise TooManyImages(f"a multipart upload holds at most {max_images} images", max_images=max_images) from None
+    except ParserLimitReached as error:
+        if "segment count" not in str(error):  # a part's headers are too long or too many
+            raise BadImage(f"the multipart/form-data body is malformed: {error}") from None
+        # Thousands of plain form fields beside one image (issue 12) must not read "too many images".
+        raise TooManyImages(
+            f"a multipart upload holds at most {max_images + EXTRA_PARTS} parts: up to {max_images} images "
+            f"and {EXTRA_PARTS} other form fields",
+            max_images=max_images,
+            max_parts=max_images + EXTRA_PARTS,
+        ) from None
     except ParserError as error:
         raise BadImage(f"the multipart/form-data body is malformed: {error}") from None
     if not images:

@@ -71,7 +71,7 @@ def tight(models_dir, tmp_path_factory):
     """A server with a 50 ms deadline, a 100 kB body limit, and room for 2 images decoded one at a time."""
     server = start_server(
         models_dir, tmp_path_factory.mktemp("tight"), "--providers", "cpu", "--request-timeout-s", "0.05",
-        "--queue-size", "2", "--decode-threads", "1", "--max-body-bytes", "100000",
+        "--queue-size", "2", "--max-images", "2", "--decode-threads", "1", "--max-body-bytes", "100000",
     )  # fmt: skip
     yield server
     server.stop()
@@ -90,7 +90,9 @@ def test_504_when_a_request_waits_past_its_deadline(tight):
 
 def test_a_full_queue_answers_503_with_retry_after(models_dir, tmp_path):
     # Two slow decodes, one at a time, fill a queue of 2 for most of a second.
-    server = start_server(models_dir, tmp_path, "--providers", "cpu", "--queue-size", "2", "--decode-threads", "1")
+    server = start_server(
+        models_dir, tmp_path, "--providers", "cpu", "--queue-size", "2", "--max-images", "2", "--decode-threads", "1"
+    )
     try:
         waiting = [threading.Thread(target=post, args=(server.url, slow_png((i, 0, 0)), "image/png")) for i in (1, 2)]
         for thread in waiting:

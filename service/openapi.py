@@ -1,0 +1,43 @@
+"""The classify routes' request body in the OpenAPI document, as the service really reads it.
+
+The routes read their body themselves (service/uploads.py, streamed, against the read budget), so
+Litestar sees no `data` parameter and declared no body: the schema said a POST without a body was
+valid (it gets 415), and the /schema UI could not send an image (issue 12, found by Schemathesis).
+This operation class declares what uploads.body_kind accepts: one raw image of a served media type,
+or multipart/form-data whose file parts are images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from litestar.openapi.spec import Encoding, OpenAPIMediaType, Operation, RequestBody, Schema
+from litestar.openapi.spec.enums import OpenAPIType
+
+from service.preprocess import MEDIA_TYPES
+from service.uploads import MULTIPART
+
+_BINARY = Schema(type=OpenAPIType.STRING, format="binary")
+_MULTIPART = Schema(
+    type=OpenAPIType.OBJECT,
+    properties={"images": Schema(type=OpenAPIType.ARRAY, items=_BINARY, min_items=1)},
+    required=["images"],
+)
+
+CLASSIFY_BODY = RequestBody(
+    required=True,
+    description="One image as the raw body, or multipart/form-data with one or more image files.",
+    content={
+        **{media: OpenAPIMediaType(schema=_BINARY) for media in sorted(MEDIA_TYPES)},
+        MULTIPART: OpenAPIMediaType(schema=_MULTIPART, encoding={"images": Encoding(content_type="image/*")}),
+    },
+)
+
+
+@dataclass
+class ClassifyOperation(Operation):
+    """An Operation whose request body is the classify routes' (Litestar leaves it empty)."""
+
+    def __post_init__(self) -> None:
+        if self.request_body is None:
+            self.request_body = CLASSIFY_BODY
