@@ -255,7 +255,11 @@ def classification(probabilities: np.ndarray, k: int, labels: tuple[str, ...]) -
 
 
 def encode_response(
-    model: str, version: str, request_id: str | None, outputs: list[tuple[str, str, list[int], object, bool]]
+    model: str,
+    version: str,
+    request_id: str | None,
+    outputs: list[tuple[str, str, list[int], object, bool]],
+    parameters: dict | None = None,
 ) -> tuple[bytes, int | None]:
     """The response body and, when any output is binary, the JSON header's length.
 
@@ -279,6 +283,8 @@ def encode_response(
     header: dict = {"model_name": model, "model_version": version}
     if request_id is not None:
         header["id"] = request_id
+    if parameters:
+        header["parameters"] = parameters
     header["outputs"] = described
     encoded = msgspec.json.encode(header)
     if not chunks:
