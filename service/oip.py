@@ -82,6 +82,14 @@ def _auto_metadata(request: Request, first: ModelPipeline) -> dict:
     return metadata
 
 
+def _pixels_description(prep) -> str:
+    """How a client makes the pixel input itself, from the card (artifact.Preprocessing)."""
+    steps = f"RGB, resize the shorter side to {prep.resize_size}, center crop {prep.input_size}, {prep.layout}"
+    if prep.input_dtype == "uint8":  # issue 16: the graph does ToTensor and Normalize itself
+        return f"{steps}, 0..255 (the model normalises)"
+    return f"{steps}, /255, normalised by mean {list(prep.mean)} std {list(prep.std)}"
+
+
 def _metadata(pipeline: ModelPipeline) -> dict:
     card = pipeline.model.card
     name, dtype, shape = pixel_input(pipeline)
@@ -94,9 +102,7 @@ def _metadata(pipeline: ModelPipeline) -> dict:
             {"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1],
              "parameters": {"description": "one whole image file per element, preprocessed as /classify does"}},
             {"name": name, "datatype": datatype_of(dtype), "shape": shape,
-             "parameters": {"description": f"preprocessed pixels: resize {prep.resize_size}, center crop "
-                            f"{prep.input_size}, RGB, /255, normalised by mean {list(prep.mean)} "
-                            f"std {list(prep.std)}"}},
+             "parameters": {"description": _pixels_description(prep)}},
         ],
         "outputs": [
             {"name": OUTPUT, "datatype": "FP32", "shape": [-1, card.num_classes],
