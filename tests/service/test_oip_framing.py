@@ -128,7 +128,7 @@ def test_readiness_routes_answer_200_when_warm(server, path):
 def test_503_with_retry_after_while_warming_up_and_when_the_queue_is_full(models_dir, tmp_path):
     # Enough warm-up runs that the port opens well before the models are warm (as test_operations).
     server = start_server(
-        models_dir, tmp_path, "--providers", "cpu", "--warmup-runs", "150", "--queue-size", "2",
+        models_dir, tmp_path, "--providers", "cpu", "--warmup-runs", "150", "--queue-size", "2", "--max-images", "2",
         "--decode-threads", "1", wait_ready=False,
     )  # fmt: skip
     try:
