@@ -20,6 +20,8 @@ with the service for its cores, and so does anything else running (say so next t
 from __future__ import annotations
 
 import argparse
+import asyncio
+import itertools
 import json
 import os
 import socket
@@ -138,7 +140,147 @@ def slow_clients(server, files, args) -> dict:
     }  # fmt: skip
 
 
-SCENARIOS = {"two-models": two_models, "slow-clients": slow_clients}
+async def _soak_load(url: str, bodies: list[tuple[str, dict]], clients: int, duration_s: float) -> dict[str, int]:
+    """`clients` closed-loop connections posting `bodies` in turn to both models; status -> count."""
+    import httpx
+
+    counts: dict[str, int] = {}
+    stop = time.monotonic() + duration_s
+
+    async def client(index: int, http: httpx.AsyncClient) -> None:
+        for turn in itertools.count(index):
+            if time.monotonic() > stop:
+                return
+            model, (kind, request) = ("resnet18", "resnet152")[turn % 2], bodies[turn % len(bodies)]
+            try:
+                status = str((await http.post(f"/classify?model={model}", **request)).status_code)
+            except httpx.HTTPError as error:
+                status = type(error).__name__
+            counts[f"{kind} {status}"] = counts.get(f"{kind} {status}", 0) + 1
+
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+        await asyncio.gather(*(client(i, http) for i in range(clients)))
+    return counts
+
+
+def soak(server, files, args) -> dict:
+    """Both models at saturation: single and multipart uploads, large photos, 3% corrupt files."""
+    photos = [Path(f).read_bytes() for f in files]
+    large = [Path(f).read_bytes() for f in payload_files.build(args.out / "payloads", ("12mp",))["12mp"]]
+    jpeg = {"headers": {"Content-Type": "image/jpeg"}}
+    bodies = [("single", {"content": p, **jpeg}) for p in photos] * 10 + [("large", {"content": large[0], **jpeg})]
+    bodies += [("multipart", {"files": [("images", (f"{i}.jpg", p, "image/jpeg")) for i, p in enumerate(photos)]})] * 10
+    bodies += [("corrupt", {"content": photos[0][: len(photos[0]) // 3], **jpeg})]  # 1 in 32: about 3%
+    samples: list[tuple[float, float, int, int]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        started = time.monotonic()
+        while not done.wait(1.0):
+            samples.append((time.monotonic() - started, _rss_mb(server.pid), *_threads_fds(server.pid)))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        counts = asyncio.run(_soak_load(server.url, bodies, args.clients, args.duration_s))
+    finally:
+        done.set()
+        sampler.join()
+    warm = [s for s in samples if s[0] >= min(60.0, args.duration_s / 5)]  # after warm-up
+    rss = [s[1] for s in warm]
+    _plot(samples, args.out / "soak-memory.png")
+    return {
+        "clients": args.clients, "duration_s": args.duration_s, "answers": counts,
+        "server_errors_5xx": sum(n for k, n in counts.items() if k.split()[1].startswith("5")),
+        "unanswered": sum(n for k, n in counts.items() if not k.split()[1].isdigit()),
+        "rss_mb_after_warm_up": {"first": rss[0], "last": rss[-1], "min": min(rss), "max": max(rss)} if rss else None,
+        "rss_spread_after_warm_up": (max(rss) - min(rss)) / min(rss) if rss else None,  # <= 0.10 wanted
+        "threads_first_last": [warm[0][2], warm[-1][2]] if warm else None,
+        "fds_first_last": [warm[0][3], warm[-1][3]] if warm else None,
+        "samples": samples,
+    }  # fmt: skip
+
+
+def _plot(samples, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 3.2))
+    axis.plot([s[0] for s in samples], [s[1] for s in samples])
+    axis.set_xlabel("seconds")
+    axis.set_ylabel("resnet-serve RSS (MB)")
+    axis.set_ylim(bottom=0)
+    axis.set_title("soak: both models at saturation")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def _post_all(url: str, data: bytes, count: int) -> list[str]:
+    """`count` concurrent uploads to resnet18; each one's status, or the exception's name."""
+    import httpx
+
+    async def run() -> list[str]:
+        async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=count)) as http:
+            async def one() -> str:
+                try:
+                    response = await http.post("/classify", content=data, headers={"Content-Type": "image/jpeg"})
+                    return str(response.status_code)
+                except httpx.HTTPError as error:
+                    return type(error).__name__
+            return list(await asyncio.gather(*(one() for _ in range(count))))
+
+    return asyncio.run(run())
+
+
+def faults(server, files, args) -> dict:
+    """kill -9 under load then a restart; a model file replaced while serving; SIGTERM under load."""
+    import shutil
+    import signal
+
+    import httpx
+
+    data = Path(files[0]).read_bytes()
+    result: dict = {}
+    # 1. A model file replaced on disk while serving changes no answer (the session holds the graph).
+    before = httpx.post(server.url + "/classify", content=data, headers={"Content-Type": "image/jpeg"}).json()
+    target = args.models / "resnet18" / "model.onnx"
+    saved = target.with_name("model.onnx.saved")
+    shutil.copy2(target, saved)
+    try:
+        shutil.copy2(args.models / "resnet152" / "model.onnx", target.with_name("model.onnx.tmp"))
+        os.replace(target.with_name("model.onnx.tmp"), target)
+        after = httpx.post(server.url + "/classify", content=data, headers={"Content-Type": "image/jpeg"}).json()
+    finally:
+        os.replace(saved, target)
+    result["replaced_file_same_answer"] = before == after
+    # 2. SIGTERM under load: every admitted request is answered (200), the rest refused cleanly.
+    statuses: list[str] = []
+    loader = threading.Thread(target=lambda: statuses.extend(_post_all(server.url, data, 32)))
+    loader.start()
+    time.sleep(0.5)
+    server.process.send_signal(signal.SIGTERM)
+    loader.join()
+    result["sigterm_under_32_clients"] = {s: statuses.count(s) for s in sorted(set(statuses))}
+    server.process.wait(timeout=60)
+    # 3. kill -9 under load, then a restart: ready again and serving.
+    with servers.start_service(args.models, "resnet18", tuple(args.serve_args), args.out) as second:
+        loader = threading.Thread(target=lambda: _post_all(second.url, data, 32))
+        loader.start()
+        time.sleep(0.5)
+        second.process.kill()
+        loader.join()
+    started = time.monotonic()
+    with servers.start_service(args.models, "resnet18", tuple(args.serve_args), args.out) as third:
+        result["restart_to_ready_s"] = time.monotonic() - started
+        result["after_restart"] = _post_all(third.url, data, 4)
+    return result
+
+
+SCENARIOS = {"two-models": two_models, "slow-clients": slow_clients, "soak": soak, "faults": faults}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,7 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results/scenarios"))
     parser.add_argument("--warmup-s", type=float, default=2.0)
     parser.add_argument("--duration-s", type=float, default=10.0)
+    parser.add_argument("--clients", type=int, default=24, help="soak: concurrent clients over both models")
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    args.serve_args = serve_args
     args.out.mkdir(parents=True, exist_ok=True)
     files = payload_files.build(args.out / "payloads", ("photo",))["photo"]
     with servers.start_service(args.models, "resnet18", tuple(serve_args), args.out) as server:
@@ -160,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
               "started": started, "command": " ".join(["python -m bench.scenarios", *argv]), **result}  # fmt: skip
     name = args.scenario + ("-" + "-".join(a.lstrip("-") for a in serve_args) if serve_args else "")
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2))
     return 0
 
 
