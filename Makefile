@@ -87,3 +87,13 @@ install-train: EXTRAS := [train]
 $(IMAGE_INSTALLS):
 	test -x $(INTO)/bin/python || $(PYTHON) -m venv $(INTO)
 	$(INTO)/bin/python -m pip install --no-cache-dir '.$(EXTRAS)'
+
+# --- robustness scenarios (issue 12): results and commands in docs/robustness.md ------------------
+# owner: robustness. Each scenario starts its own resnet-serve on the default models and writes
+# $(RESULTS)/scenarios/<scenario>.json; the soak also writes soak-memory.png. About 15 min in all.
+# `faults` swaps resnet18/model.onnx for resnet152's for a moment, and puts it back.
+.PHONY: bench-robustness
+bench-robustness: models
+	for s in two-models slow-clients faults; do \
+		$(BIN)/resnet-bench scenario $$s --models $(MODELS) --out $(RESULTS)/scenarios || exit 1; done
+	$(BIN)/resnet-bench scenario soak --models $(MODELS) --out $(RESULTS)/scenarios --duration-s 600 --clients 24

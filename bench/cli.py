@@ -44,6 +44,10 @@ def say(message: str, started: float = time.monotonic()) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the resnet-bench console script."""
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["scenario"]:  # issue 12's named scenarios
+        from bench import scenarios
+
+        return scenarios.main((sys.argv[1:] if argv is None else argv)[1:])
     try:
         config = parse(sys.argv[1:] if argv is None else argv)
         results = run(config, " ".join(["resnet-bench", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]))
