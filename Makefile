@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 CHECKPOINTS ?= checkpoints
+# The default models' seed; `make checkpoints SEED=1 CHECKPOINTS=DIR` trains them on another.
+SEED ?= 0
 MODELS ?= models
 
 .PHONY: install test serve models bench clean
@@ -29,9 +31,9 @@ test: install
 # both trains faster and learns sooner (resnet18, 200 steps: 97.8% at 16 px, 94.4% at 32 px).
 # bf16 autocast, channels-last, zero-init residuals (each block starts as the identity, so the
 # 152-layer net trains from step 0), a linear warm-up and a cosine decay (slightly ahead of the
-# paper's step decay on a run this short). Measured results: README, section Training.
+# paper's step decay on a run this short). Measured results: docs/training.md.
 SYNTHETIC_RECIPE := --data synthetic --image-size 16 --batch-size 64 --zero-init-residual --amp --channels-last \
-	--warmup-method linear --lr-schedule cosine --val-size 1000 --seed 0
+	--warmup-method linear --lr-schedule cosine --val-size 1000 --seed $(SEED)
 
 .PHONY: checkpoints
 checkpoints: $(CHECKPOINTS)/resnet18/checkpoint.pt $(CHECKPOINTS)/resnet152/checkpoint.pt
@@ -58,13 +60,14 @@ models: $(MODELS)/resnet18/model.onnx $(MODELS)/resnet152/model.onnx
 
 # --- serving and benchmarks ---------------------------------------------------------------------
 # owner: service. Serves every model in $(MODELS)/ (resnet18 and resnet152 from `make models`);
-# RESNET_SERVE_* variables set the rest (README, section Serving).
+# RESNET_SERVE_* variables set the rest (docs/serving.md).
 serve: models
 	$(BIN)/resnet-serve --models $(MODELS) --host $(HOST) --port $(PORT)
 
 # owner: bench. The issue's targets are for 224x224 networks: the first run builds resnet18 and
 # resnet152, fp32 and int8, with random weights (speed only) into $(RESULTS)/models, then measures
-# (about 20 min on the 2-core box; run it on an idle machine). Another models folder:
+# (10.5 min measured on the idle 2-core box with the models built; building them first adds the
+# exports of docs/export.md). Run it on an idle machine. Another models folder:
 #   make bench BENCH_FLAGS="--models models --out results/default-models"
 # Flags after `--` in BENCH_FLAGS go to resnet-serve, e.g. BENCH_FLAGS="-- --max-batch-size 16".
 RESULTS ?= results
@@ -87,6 +90,50 @@ install-train: EXTRAS := [train]
 $(IMAGE_INSTALLS):
 	test -x $(INTO)/bin/python || $(PYTHON) -m venv $(INTO)
 	$(INTO)/bin/python -m pip install --no-cache-dir '.$(EXTRAS)'
+
+# --- the depth cascade (model=auto): calibrated whenever a model it measured changes ---------------
+# owner: cascade (docs/cascade.md). resnet-calibrate measures the ladder on 4000 synthetic val images
+# and writes $(MODELS)/cascade.json and cascade.png; resnet-serve refuses a file measured on other
+# model files, so `make serve` recalibrates first when a model is newer than the file.
+CALIBRATE_FLAGS ?= --data synthetic
+.PHONY: calibrate
+calibrate: $(MODELS)/cascade.json
+
+$(MODELS)/cascade.json: $(MODELS)/resnet18/model.onnx $(MODELS)/resnet152/model.onnx | install
+	$(BIN)/resnet-calibrate --models $(MODELS) $(CALIBRATE_FLAGS)
+
+serve: $(MODELS)/cascade.json
+
+# Real ImageNet models in one command: torchvision's best published weights of resnet18 (V1, 69.8%)
+# and resnet152 (V2, 82.3%), imported into checkpoints, exported to ONNX and served as one ladder.
+# Downloads once into the torch hub cache ($$TORCH_HOME). model=auto is uncalibrated unless
+# IMAGENET_VAL names an ImageNet-style folder with val/<wnid>/*.JPEG; then it is calibrated on it.
+IMAGENET_CHECKPOINTS ?= checkpoints/imagenet
+IMAGENET_MODELS ?= models-imagenet
+IMAGENET_VAL ?=
+IMAGENET_WEIGHTS := resnet18:IMAGENET1K_V1 resnet152:IMAGENET1K_V2
+.PHONY: imagenet-models serve-imagenet
+imagenet-models: $(IMAGENET_MODELS)/resnet18/model.onnx $(IMAGENET_MODELS)/resnet152/model.onnx
+
+# imported checkpoints stay after the export (make would delete a pattern rule's intermediate file)
+.SECONDARY: $(IMAGENET_CHECKPOINTS)/resnet18/checkpoint.pt $(IMAGENET_CHECKPOINTS)/resnet152/checkpoint.pt
+$(IMAGENET_CHECKPOINTS)/%/checkpoint.pt: | install
+	$(BIN)/resnet-train import-torchvision $* --weights $(patsubst $*:%,%,$(filter $*:%,$(IMAGENET_WEIGHTS))) --out $(@D)
+
+$(IMAGENET_MODELS)/%/model.onnx: $(IMAGENET_CHECKPOINTS)/%/checkpoint.pt | install
+	$(BIN)/resnet-export $< --out $(IMAGENET_MODELS)
+
+$(IMAGENET_MODELS)/cascade.json: $(IMAGENET_MODELS)/resnet18/model.onnx $(IMAGENET_MODELS)/resnet152/model.onnx
+	$(BIN)/resnet-calibrate --models $(IMAGENET_MODELS) --data $(IMAGENET_VAL)
+
+serve-imagenet: imagenet-models $(if $(IMAGENET_VAL),$(IMAGENET_MODELS)/cascade.json)
+	$(BIN)/resnet-serve --models $(IMAGENET_MODELS) --host $(HOST) --port $(PORT)
+# --- fine-tuning (docs/finetuning.md) ----------------------------------------------------------
+# owner: training (finetune). The table of docs/finetuning.md: fine-tuning from a synthetic-set
+# model and from stand-in torchvision weights against from-scratch, 3 seeds (~30 min on a busy 2-core box).
+.PHONY: finetune-compare
+finetune-compare: | install
+	OMP_NUM_THREADS=1 $(BIN)/python -m bench.finetune --out results/finetune --image-size 16 --steps 90 --source-steps 150
 
 # --- robustness scenarios (issue 12): results and commands in docs/robustness.md ------------------
 # owner: robustness. Each scenario starts its own resnet-serve on the default models and writes

@@ -15,15 +15,24 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Mapping
 
-FORMAT_VERSION = 1  # bump when a key changes meaning; readers refuse newer versions
+# Bump when a key changes meaning; readers refuse newer versions. 2 (issue 16): the preprocessing
+# says what the graph's input holds (input_dtype, layout); a version-1 card has neither key and
+# means float32 NCHW, normalised by the caller, which is how version-1 files are still read.
+FORMAT_VERSION = 2
 PREFIX = "resnet_serving."  # namespaces our keys among other tools' metadata_props
 PRECISIONS = ("fp32", "fp16", "int8")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+# What a graph's input tensor holds (issue 16):
+#   "uint8": the cropped RGB pixels, 0..255; the graph casts them and applies mean and std itself.
+#   "float32": ToTensor + Normalize already applied by the caller (every model before issue 16).
+INPUT_DTYPES = ("uint8", "float32")
+LAYOUTS = ("NHWC", "NCHW")  # NHWC is what a decoded image already is: [batch, height, width, RGB]
 
 
 class ArtifactError(ValueError):
@@ -52,6 +61,24 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object
     return path
 
 
+def git_commit(folder: str | os.PathLike | None = None) -> str | None:
+    """The git commit of the code in `folder` (default: this repository), with "-dirty" when tracked files
+    differ from it; None when the code is not a git checkout (an installed wheel) or git is missing.
+    Recorded in checkpoints, model cards and bench results, so every artifact names the code that made it."""
+    folder = Path(folder) if folder is not None else Path(__file__).resolve().parent
+    try:
+        top = subprocess.run(["git", "-C", str(folder), "rev-parse", "--show-toplevel"],
+                             capture_output=True, text=True, timeout=10)
+        # A wheel unpacked inside some other repository is not a checkout of this code.
+        if top.returncode or Path(top.stdout.strip()).resolve() != folder.resolve():
+            return None
+        done = subprocess.run(["git", "-C", str(folder), "describe", "--always", "--dirty", "--abbrev=40",
+                               "--match=^$"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
+
+
 def depth_of(arch: str) -> int:
     """The layer count in an architecture name: 'resnet152' -> 152, 'plain20' -> 20."""
     match = re.fullmatch(r"(?:resnet|plain)(\d+)", arch)
@@ -63,13 +90,19 @@ def depth_of(arch: str) -> int:
 @dataclass(frozen=True)
 class Preprocessing:
     """How an image becomes the network's input: torchvision's Resize(resize_size) on the shorter
-    side, CenterCrop(input_size), ToTensor, Normalize(mean, std), on RGB images."""
+    side, CenterCrop(input_size), ToTensor, Normalize(mean, std), on RGB images.
+
+    `input_dtype` and `layout` say where that recipe stops outside the graph: with "float32" the
+    caller normalises (the torch network's own input, and every model exported before issue 16);
+    with "uint8" the caller stops after the crop and the graph does ToTensor and Normalize."""
 
     input_size: int  # side of the square center crop fed to the network, in pixels
     resize_size: int  # the shorter side after resizing, before the crop, in pixels
     mean: tuple[float, float, float]  # per-channel RGB mean of pixels scaled to [0, 1]
     std: tuple[float, float, float]  # per-channel RGB standard deviation, same scale
     interpolation: str = "bilinear"  # PIL resampling filter used by the resize
+    input_dtype: str = "float32"  # one of INPUT_DTYPES: what the network's input tensor holds
+    layout: str = "NCHW"  # one of LAYOUTS: the order of the input tensor's dimensions
 
     def __post_init__(self) -> None:
         if not (isinstance(self.input_size, int) and self.input_size > 0):
@@ -85,6 +118,10 @@ class Preprocessing:
             raise ArtifactError(f"std must be positive, got {self.std!r}")
         if self.interpolation not in INTERPOLATIONS:
             raise ArtifactError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        if self.input_dtype not in INPUT_DTYPES:
+            raise ArtifactError(f"input_dtype must be one of {INPUT_DTYPES}, got {self.input_dtype!r}")
+        if self.layout not in LAYOUTS:
+            raise ArtifactError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
 
@@ -97,7 +134,7 @@ class Preprocessing:
         """The inverse of to_dict; unknown or missing keys are an error."""
         if not isinstance(data, Mapping):
             raise ArtifactError(f"preprocessing must be a mapping, got {type(data).__name__}")
-        expected = {"input_size", "resize_size", "mean", "std", "interpolation"}
+        expected = {"input_size", "resize_size", "mean", "std", "interpolation", "input_dtype", "layout"}
         if set(data) - expected or not {"input_size", "resize_size", "mean", "std"} <= set(data):
             raise ArtifactError(f"preprocessing keys must be {sorted(expected)}, got {sorted(data)}")
         return cls(**{**data, "mean": tuple(data["mean"]), "std": tuple(data["std"])})
@@ -106,6 +143,11 @@ class Preprocessing:
     def for_input_size(cls, input_size: int, mean, std, interpolation: str = "bilinear") -> Preprocessing:
         """torchvision's evaluation recipe: resize to input_size / 0.875 (256 for 224), then crop."""
         return cls(input_size, int(round(input_size / 0.875)), tuple(mean), tuple(std), interpolation)
+
+    def input_shape(self, batch: int | str = "batch") -> tuple:
+        """The input tensor's shape in this layout: (batch, S, S, 3) or (batch, 3, S, S)."""
+        side = self.input_size
+        return (batch, side, side, 3) if self.layout == "NHWC" else (batch, 3, side, side)
 
 
 @dataclass(frozen=True)
@@ -125,8 +167,9 @@ class ModelCard:
     torch_version: str  # torch that exported the graph
     onnx_version: str  # onnx that checked the graph
     exported_at: str  # ISO 8601 UTC time of the export
-    input_name: str = "input"  # graph input: float32 [batch, 3, input_size, input_size]
+    input_name: str = "input"  # graph input: preprocessing.input_dtype, preprocessing.input_shape()
     output_name: str = "logits"  # graph output: float32 [batch, num_classes]
+    git_commit: str | None = None  # git_commit() of the exporting code; None outside a git checkout
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_ids", tuple(self.class_ids))
@@ -138,11 +181,23 @@ class ModelCard:
             )
         if self.precision not in PRECISIONS:
             raise ArtifactError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.git_commit is not None and not isinstance(self.git_commit, str):
+            raise ArtifactError(f"git_commit must be a string or None, got {self.git_commit!r}")
         depth_of(self.arch)
 
     @property
     def depth(self) -> int:
         return depth_of(self.arch)
+
+    @property
+    def input_dtype(self) -> str:
+        """What the graph's input holds: "uint8" pixels or "float32" normalised (Preprocessing)."""
+        return self.preprocessing.input_dtype
+
+    @property
+    def layout(self) -> str:
+        """"NHWC" or "NCHW": the order of the graph input's dimensions."""
+        return self.preprocessing.layout
 
     def to_metadata(self) -> dict[str, str]:
         """The ONNX metadata_props entries, every value a string."""
@@ -164,6 +219,7 @@ class ModelCard:
             "exported_at": self.exported_at,
             "input_name": self.input_name,
             "output_name": self.output_name,
+            "git_commit": json.dumps(self.git_commit),
         }
         return {PREFIX + key: value for key, value in values.items()}
 
@@ -202,4 +258,6 @@ class ModelCard:
             exported_at=get("exported_at"),
             input_name=get("input_name"),
             output_name=get("output_name"),
+            # Optional: files exported before the commit was recorded lack it (still format 1).
+            git_commit=parse("git_commit", json.loads) if PREFIX + "git_commit" in props else None,
         )

@@ -4,6 +4,7 @@
     resnet-bench --models models --out results/default-models
     resnet-bench --only resnet18 --concurrency 1,16 --duration-s 5 -- --max-batch-size 16
     resnet-bench --url http://127.0.0.1:8000 --models models   # a running service; raw ORT from --models
+    resnet-bench --models models --only resnet18,resnet18-int8 --rounds 3   # service/raw ratio (bench/ratio.py)
 
 In order: request payloads, decode timing, raw ONNX Runtime per model and batch size, then
 resnet-serve (started here with the flags after `--`, or the one at --url) under closed-loop load at
@@ -25,8 +26,11 @@ import urllib.request
 from dataclasses import asdict
 from pathlib import Path
 
+import cliconfig
+from artifact import git_commit
 from bench import payloads as payload_files
-from bench import raw, report, servers
+from artifact import write_atomically
+from bench import raw, ratio, report, servers
 from bench.config import BenchConfig, BenchError, parse
 from bench.machine import cpu_name
 from service import config as serve_config
@@ -52,17 +56,18 @@ def main(argv: list[str] | None = None) -> int:
         config = parse(sys.argv[1:] if argv is None else argv)
         results = run(config, " ".join(["resnet-bench", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]))
     except (BenchError, serve_config.ConfigError, ModelLoadError) as error:
-        print(f"resnet-bench: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
+        return cliconfig.fail("resnet-bench", error)
     except KeyboardInterrupt:
         print("resnet-bench: interrupted", file=sys.stderr)
         return 130
-    print(Path(results["meta"]["out"], "table.md").read_text())
+    print(Path(results["meta"]["out"], "ratio.md" if config.rounds else "table.md").read_text())
     return 0
 
 
 def run(config: BenchConfig, command: str = "resnet-bench") -> dict:
-    """The whole benchmark for one config; returns what results.json holds."""
+    """The whole benchmark for one config; returns what results.json (or ratio.json) holds."""
+    if config.rounds:
+        return _ratio_run(config, command)
     out = config.out
     models_dir, manifest = _models(config)
     serving = serve_config.parse(["--models", str(models_dir), *config.serve_args], environ={})
@@ -108,6 +113,41 @@ def run(config: BenchConfig, command: str = "resnet-bench") -> dict:
     results["meta"]["load_average_end"] = os.getloadavg()
     paths = report.write(results, out)
     say(f"wrote {paths['json']}, {paths['table']} and {paths['plot']}")
+    return results
+
+
+def _ratio_run(config: BenchConfig, command: str) -> dict:
+    """--rounds N: the service against raw ONNX Runtime at modest load, in interleaved rounds."""
+    models_dir, manifest = _models(config)
+    serving = serve_config.parse(["--models", str(models_dir), *config.serve_args], environ={})
+    paths = {model.name: model.path for model in (load_model(path, serving) for path in discover(models_dir))}
+    missing = set(config.only) - set(paths)
+    if missing:
+        raise BenchError(f"--only names {sorted(missing)}, not in {str(models_dir)!r}; it has {sorted(paths)}")
+    chosen = {name: paths[name] for name in (config.only or paths)}
+    concurrency = config.concurrency[0] if len(config.concurrency) == 1 else 8
+    load = os.getloadavg()[0]
+    if load > BUSY_LOAD:
+        say(f"warning: 1-minute load average is {load:.2f} (> {BUSY_LOAD}): other work shares the cores")
+    files = payload_files.build(config.out / "payloads", (ratio.RATIO_PAYLOAD,))[ratio.RATIO_PAYLOAD]
+    served = _subset(config.out / "logs" / "served-models", list(chosen.values()))
+    say(f"starting resnet-serve on {served} {' '.join(config.serve_args)}".rstrip())
+    server = servers.start_service(served, next(iter(chosen)), config.serve_args, config.out / "logs")
+    try:
+        rounds = ratio.measure(chosen, files, server.url, server.pid, config.rounds, concurrency, config.warmup_s,
+                               config.duration_s, config.raw_seconds, serving.max_pixels, say)
+    finally:
+        server.stop()
+    rows = ratio.summary(rounds)
+    meta = {**_meta(config, command, serving, manifest), "concurrency": concurrency,
+            "load_average_end": os.getloadavg()}
+    results = {"meta": meta, "rounds": [asdict(r) for r in rounds], "summary": rows}
+    config.out.mkdir(parents=True, exist_ok=True)
+    write_atomically(config.out / "ratio.json", lambda f: f.write(json.dumps(results, indent=1).encode()))
+    text = (f"{ratio.table(rows, concurrency)}\n\n`{command}`; {cpu_name()}, {os.cpu_count()} CPUs, load average "
+            f"{meta['load_average_start'][0]:.2f} at the start, {meta['load_average_end'][0]:.2f} at the end.\n")
+    write_atomically(config.out / "ratio.md", lambda f: f.write(text.encode()))
+    say(f"wrote {config.out / 'ratio.json'} and {config.out / 'ratio.md'}")
     return results
 
 
@@ -194,6 +234,7 @@ def _meta(config: BenchConfig, command: str, serving, manifest: dict) -> dict:
     labels = sorted({entry["weights"] for entry in manifest.values()})
     return {
         "command": command,
+        "git_commit": git_commit(),  # the code measured; "-dirty" when it had uncommitted edits
         "out": str(config.out),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "cpu": cpu_name(),

@@ -32,6 +32,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from bench import oip
+
 
 @dataclass(frozen=True)
 class LoadConfig:
@@ -46,6 +48,7 @@ class LoadConfig:
     metrics_path: str | None = "/metrics"  # Prometheus endpoint scraped at both ends; None: none
     timeout_s: float = 120.0  # one request's limit; a request past it counts as an error
     server_pid: int | None = None  # the target's process on this machine, for its CPU use; None: unknown
+    protocol: str = "classify"  # "classify": raw JPEG bodies; "oip": Open Inference Protocol binary (bench/oip.py)
 
 
 @dataclass
@@ -75,13 +78,15 @@ class Connection:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def request(self, method: str, path: str, body: bytes = b"", content_type: str = "image/jpeg") -> tuple[int, bytes]:
-        """Send one request, return (status, body)."""
+    async def request(
+        self, method: str, path: str, body: bytes = b"", content_type: str = "image/jpeg", headers: str = ""
+    ) -> tuple[int, bytes]:
+        """Send one request, return (status, body); `headers` are extra "Name: value\r\n" lines."""
         if self.writer is None or self.writer.is_closing():
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Length: {len(body)}\r\n"
         if body:
-            head += f"Content-Type: {content_type}\r\n"
+            head += f"Content-Type: {content_type}\r\n{headers}"
         self.writer.write(head.encode("latin-1") + b"\r\n" + body)
         await self.writer.drain()
         status_line = await self.reader.readline()
@@ -156,6 +161,13 @@ async def run(config: LoadConfig) -> LoadResult:
     """Drive the target for warmup_s + duration_s and measure the window."""
     url = urlsplit(config.url)
     bodies = [Path(p).read_bytes() for p in config.payloads]
+    if config.protocol == "oip":  # the same images, framed as tritonclient frames them
+        framed = [oip.frame(body) for body in bodies]
+        bodies = [body for body, _ in framed]
+        extra = [f"{oip.HEADER_LENGTH}: {length}\r\n" for _, length in framed]
+        content_type = "application/octet-stream"
+    else:
+        extra, content_type = [""] * len(bodies), "image/jpeg"
     turn = itertools.cycle(range(len(bodies)))
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -168,9 +180,10 @@ async def run(config: LoadConfig) -> LoadResult:
         connection = Connection(url.hostname, url.port)
         try:
             while (sent := loop.time()) < window_end:
-                body = bodies[next(turn)]
+                index = next(turn)
+                request = connection.request("POST", config.path, bodies[index], content_type, extra[index])
                 try:
-                    status, _ = await asyncio.wait_for(connection.request("POST", config.path, body), config.timeout_s)
+                    status, _ = await asyncio.wait_for(request, config.timeout_s)
                     outcome = "200" if status == 200 else str(status)
                 except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as error:
                     await connection.close()
@@ -238,9 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration-s", type=float, default=LoadConfig.duration_s)
     parser.add_argument("--no-metrics", action="store_true", help="the target has no /metrics")
     parser.add_argument("--server-pid", type=int, help="the target's pid on this machine, for its CPU use")
+    parser.add_argument("--protocol", choices=["classify", "oip"], default="classify",
+                        help="raw JPEG bodies (for /classify) or Open Inference Protocol binary requests (/v2/.../infer)")
     args = parser.parse_args(argv)
     config = LoadConfig(args.url, args.path, tuple(args.payload), args.concurrency, args.warmup_s,
-                        args.duration_s, None if args.no_metrics else LoadConfig.metrics_path, server_pid=args.server_pid)
+                        args.duration_s, None if args.no_metrics else LoadConfig.metrics_path, server_pid=args.server_pid,
+                        protocol=args.protocol)
     result = asyncio.run(run(config))
     json.dump(asdict(result), sys.stdout)
     return 0

@@ -64,19 +64,16 @@ def _checkpoint(arch: str, path: Path) -> Path:
     torch.manual_seed(0)
     record = data.synthetic_record(seed=0, train_size=1024, val_size=EVAL_IMAGES, input_size=INPUT_SIZE)
     network = models.build(arch, len(synthetic.CLASSES), zero_init_residual=True)
-    payload = {
-        "arch": arch,
-        "num_classes": len(synthetic.CLASSES),
-        "class_ids": [c[0] for c in synthetic.CLASSES],
-        "class_names": [c[1] for c in synthetic.CLASSES],
-        "preprocessing": data.preprocessing_for(record, INPUT_SIZE).to_dict(),
-        "dataset": record,
-        "config": {"source": "resnet-bench", "weights": LABEL, "seed": 0, "zero_init_residual": True},
-        "metrics": {"epoch": None, "step": None, "val_top1": None, "val_top5": None},
-        "model": network.state_dict(),
-        "provenance": {"created": _now(), "torch": str(torch.__version__), "command": "python -m bench.models"},
-    }
-    return checkpoint.save(payload, path)
+    return checkpoint.Checkpoint(
+        arch=arch,
+        class_ids=[c[0] for c in synthetic.CLASSES],
+        class_names=[c[1] for c in synthetic.CLASSES],
+        preprocessing=data.preprocessing_for(record, INPUT_SIZE),
+        dataset=record,
+        config={"source": "resnet-bench", "weights": LABEL, "seed": 0, "zero_init_residual": True},
+        model=network.state_dict(),
+        provenance=checkpoint.Provenance.here("python -m bench.models"),
+    ).save(path)
 
 
 def _export(checkpoint: Path, out: Path, name: str, precision: str, log) -> dict:

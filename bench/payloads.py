@@ -1,4 +1,5 @@
-"""Request bodies: real JPEG files of realistic sizes, cut from the photos in ../shared/images.
+"""Request bodies: real JPEG files of realistic sizes, cut from the real photos of bench/photos.py
+(scikit-image's bundled sample photographs).
 
 - `photo`: about 500x375, the typical ImageNet photo: each source photo center-cropped to 4:3 and
   resized to 500x375, JPEG quality 90 (one file per photo; the load generator posts them in turn).
@@ -18,9 +19,9 @@ import numpy as np
 from PIL import Image
 
 from artifact import write_atomically
+from bench import photos
 
-IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "images"
-PHOTOS = ("motorcycle_right.png", "color.png", "coins.png")
+PHOTOS = photos.PHOTOS
 KINDS = ("photo", "12mp")  # payload names, in the order the bench runs them
 DESCRIPTIONS = {
     "photo": "500x375 JPEG q90, three real photos in turn",
@@ -30,13 +31,14 @@ QUALITY = 90
 GRAIN_SIGMA = 4.0  # standard deviation of the added grain, in 8-bit levels
 
 
-def build(out: Path, kinds=KINDS, images: Path = IMAGES) -> dict[str, list[Path]]:
+def build(out: Path, kinds=KINDS, images: Path | None = None) -> dict[str, list[Path]]:
     """Write out/<kind>-<n>.jpg for each kind (reused when present); kind -> its files."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     unknown = set(kinds) - set(KINDS)
     if unknown:
         raise ValueError(f"unknown payload {sorted(unknown)}; expected some of {', '.join(KINDS)}")
+    images = photos.folder() if images is None else Path(images)
     files = {}
     for kind in kinds:
         sources = PHOTOS if kind == "photo" else PHOTOS[:1]

@@ -1,7 +1,8 @@
 """The ceilings the service is measured against: raw ONNX Runtime and the decode path, in-process.
 
 Raw ONNX Runtime runs each model file with the service's own session options (service.runtime,
-same threads) on ready-made float32 batches: it decodes nothing, sends nothing, waits for nothing.
+same threads) on ready-made batches of the model's input (uint8 pixels or float32, as its card
+says): it decodes nothing, sends nothing, waits for nothing.
 Its best batched throughput is the ceiling of the service's; its batch-1 latency plus one image's
 decode time is the floor of the service's latency at concurrency 1. The decode path is the service's
 own (service.preprocess.prepare), timed on one thread per payload.
@@ -52,11 +53,9 @@ def batch_sizes(max_batch: int) -> list[int]:
 def sweep(path: Path, config: ServeConfig, seconds: float, on_point=lambda point: None) -> list[RawPoint]:
     """Time one model file at every batch size up to config.max_batch_size, about `seconds` each."""
     model = load_model(path, config)
-    side = model.card.preprocessing.input_size
-    rng = np.random.default_rng(0)
     points = []
     for batch in batch_sizes(config.max_batch_size):
-        inputs = rng.standard_normal((batch, 3, side, side), dtype=np.float32)
+        inputs = preprocess.random_batch(model.card.preprocessing, batch)
         feed, fetch = {model.card.input_name: inputs.astype(model.input_dtype)}, [model.card.output_name]
         for _ in range(2):  # first runs allocate and pick kernels for this shape
             model.session.run(fetch, feed)

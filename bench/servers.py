@@ -94,10 +94,10 @@ def start_baseline(model_file: Path, threads: int, log_dir: Path) -> Process:
 
 
 def run_load(url: str, path: str, payloads: list[Path], concurrency: int, warmup_s: float, duration_s: float,
-             server_pid: int | None, metrics: bool = True) -> dict:
+             server_pid: int | None, metrics: bool = True, protocol: str = "classify") -> dict:
     """One closed-loop run in its own process (bench.load); its result as a dict."""
     command = [*_python_module("bench.load"), "--url", url, "--path", path, "--concurrency", str(concurrency),
-               "--warmup-s", str(warmup_s), "--duration-s", str(duration_s)]
+               "--warmup-s", str(warmup_s), "--duration-s", str(duration_s), "--protocol", protocol]
     command += [arg for p in payloads for arg in ("--payload", str(p))]
     if server_pid is not None:
         command += ["--server-pid", str(server_pid)]

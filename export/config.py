@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from artifact import PRECISIONS
+from artifact import INPUT_DTYPES, PRECISIONS
 
 MIN_OPSET = 18  # issue 3: opset >= 18 (the dynamo exporter's floor; ReduceMean takes axes as input)
 PARITY_BATCHES = (1, 2, 7)  # issue 3: fp32 parity at these batch sizes, 7 to catch odd-size bugs
@@ -34,12 +34,16 @@ class ExportConfig:
     eval_images: int = 1000  # validation images (at most) that judge fp16 and int8 against fp32
     batch_size: int = 32  # images per ONNX Runtime call while calibrating and judging
     progress: bool = True  # print the slow steps on stderr
+    input: str = "uint8"  # the graph's input: "uint8" RGB pixels [batch, S, S, 3] normalised in the
+    # graph (issue 16), or "float32" [batch, 3, S, S] normalised by the caller, as before issue 16
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "checkpoint", Path(self.checkpoint))
         object.__setattr__(self, "out_dir", Path(self.out_dir))
         if self.precision not in PRECISIONS:
             raise ExportError(f"unknown precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if self.input not in INPUT_DTYPES:
+            raise ExportError(f"unknown input {self.input!r}: expected one of {', '.join(INPUT_DTYPES)}")
         if not isinstance(self.opset, int) or self.opset < MIN_OPSET:
             raise ExportError(f"opset {self.opset!r} is too old: expected an int >= {MIN_OPSET}")
         if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):

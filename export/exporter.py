@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import datetime
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
 
-from artifact import ArtifactError, ModelCard, Preprocessing, write_atomically
+from artifact import ArtifactError, ModelCard, Preprocessing, git_commit, write_atomically
 from export import fp16, graph, images, int8, verify
 from export.config import PARITY_BATCHES, ExportConfig, ExportError
 from export.progress import Progress
+from service import preprocess
 from training import checkpoint, data, models
 
 MODEL_FILE = "model.onnx"  # the service looks for MODELS_DIR/NAME/model.onnx
@@ -41,16 +43,17 @@ def run(config: ExportConfig) -> Path:
     progress = Progress(config.progress)
     _require_writable(config.out_dir)
     payload, digest = _load(config.checkpoint)
-    arch, pre = payload["arch"], Preprocessing.from_dict(payload["preprocessing"])
+    arch, pre = payload["arch"], _input(Preprocessing.from_dict(payload["preprocessing"]), config.input)
     target = config.out_dir / config.model_name(arch) / MODEL_FILE
     _require_writable(target.parent)
-    model = _network(payload)
+    model = graph.with_input(_network(payload), pre)  # the torch reference takes the graph's input
     record, source = _data(config, payload, pre)  # before the slow steps: bad data fails fast
     val = _validation_set(record, source, payload, pre, required=config.precision != "fp32", progress=progress)
 
-    with progress.step(f"exporting {arch} at {pre.input_size}x{pre.input_size} to ONNX opset {config.opset}"):
+    with progress.step(f"exporting {arch} at {pre.input_size}x{pre.input_size} ({pre.input_dtype} {pre.layout} "
+                       f"input) to ONNX opset {config.opset}"):
         try:
-            fp32 = graph.to_onnx(model, pre.input_size, config.opset)
+            fp32 = graph.to_onnx(model, pre, config.opset)
         except Exception as error:  # noqa: BLE001 - torch.export's failures have many types
             raise ExportError(f"torch.onnx.export failed for {arch}: {_first_line(error)}") from error
         verify.check_graph(fp32)
@@ -62,8 +65,8 @@ def run(config: ExportConfig) -> Path:
         if val is not None:
             inputs = images.first_images(val, max(PARITY_BATCHES))
         else:
-            inputs = np.random.default_rng(0).standard_normal((max(PARITY_BATCHES), 3, pre.input_size, pre.input_size))
-        for p in verify.parity(model, reference, inputs.astype(np.float32)):
+            inputs = preprocess.random_batch(pre, max(PARITY_BATCHES))
+        for p in verify.parity(model, reference, inputs):
             progress.say(f"  batch {p.batch}: max |ORT - torch| {p.max_abs_diff:.2e} (max |logit| "
                          f"{p.max_abs_logit:.3g}), top-5 identical"
                          + (f" up to ties within the tolerance in {p.top5_ties} image(s)" if p.top5_ties else ""))
@@ -85,11 +88,17 @@ def run(config: ExportConfig) -> Path:
         progress.say(judgement.summary())
         verify.require(judgement)
 
-    card = _card(payload, digest, config.model_name(arch), config.precision)
+    card = _card(payload, digest, config.model_name(arch), config.precision, pre)
     graph.attach_card(final, card)
     _write(final, target)
     progress.say(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB)")
     return target
+
+
+def _input(trained: Preprocessing, input_dtype: str) -> Preprocessing:
+    """The checkpoint's recipe with the graph input the export makes: uint8 NHWC pixels (issue 16),
+    the layout a decoded image already has, or the pre-issue-16 float32 NCHW normalised tensor."""
+    return replace(trained, input_dtype=input_dtype, layout="NHWC" if input_dtype == "uint8" else "NCHW")
 
 
 def _first_line(error: BaseException) -> str:
@@ -178,7 +187,7 @@ def _quantize(fp32: onnx.ModelProto, record: dict, source: str, pre: Preprocessi
         batches = images.batches(train, indices, config.batch_size)
         counted = _counting(batches, len(indices), progress)
         try:
-            quantized = int8.to_int8(fp32, graph.INPUT_NAME, counted)
+            quantized = int8.to_int8(fp32, graph.INPUT_NAME, counted)  # the graph's input: pixels
         except Exception as error:  # noqa: BLE001 - the quantizer raises many types
             raise ExportError(f"int8 quantization failed: {_first_line(error)}") from error
         verify.check_graph(quantized)
@@ -194,7 +203,7 @@ def _counting(batches, total: int, progress: Progress):
         progress.count(done, total)
 
 
-def _card(payload: dict, digest: str, name: str, precision: str) -> ModelCard:
+def _card(payload: dict, digest: str, name: str, precision: str, pre: Preprocessing) -> ModelCard:
     metrics = payload["metrics"]
     try:
         return ModelCard(
@@ -203,7 +212,7 @@ def _card(payload: dict, digest: str, name: str, precision: str) -> ModelCard:
             num_classes=payload["num_classes"],
             class_ids=tuple(payload["class_ids"]),
             class_names=tuple(payload["class_names"]),
-            preprocessing=Preprocessing.from_dict(payload["preprocessing"]),
+            preprocessing=pre,
             precision=precision,
             source_sha256=digest,
             val_top1=metrics.get("val_top1"),
@@ -211,6 +220,7 @@ def _card(payload: dict, digest: str, name: str, precision: str) -> ModelCard:
             torch_version=torch.__version__,
             onnx_version=onnx.__version__,
             exported_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            git_commit=git_commit(),
         )
     except ArtifactError as error:
         raise ExportError(f"checkpoint cannot describe an artifact: {error}") from error

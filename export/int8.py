@@ -31,7 +31,9 @@ class _Batches(CalibrationDataReader):
 
 
 def to_int8(proto: onnx.ModelProto, input_name: str, calibration: Iterable[np.ndarray]) -> onnx.ModelProto:
-    """Quantize statically with activation ranges from `calibration` (float32 NCHW batches)."""
+    """Quantize statically with activation ranges from `calibration` (batches of the graph's input:
+    uint8 pixels since issue 16, which the graph's own Cast and normalisation turn into the first
+    convolution's float input, so the ranges are those of what the service sends)."""
     with tempfile.TemporaryDirectory(prefix="resnet-export-int8-") as tmp:
         fp32_path, prepared_path, int8_path = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         onnx.save(proto, fp32_path)

@@ -2,6 +2,8 @@
 
 Tracing resnet152 takes about 11 s and judging an int8 model runs hundreds of images through two
 ONNX Runtime sessions on a CPU: a user should see which step is running and how far along it is.
+A step is a log line when it starts and one when it ends; counting inside a step is a tqdm bar
+(training.progress.bar: redrawn on a terminal, one line per update elsewhere).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import sys
 import time
 from contextlib import contextmanager
 from typing import Iterator, TextIO
+
+from training.progress import bar
 
 
 class Progress:
@@ -20,6 +24,7 @@ class Progress:
         self.stream = stream if stream is not None else sys.stderr
         self.prefix = prefix
         self._step: str | None = None
+        self._bar = None
 
     def say(self, message: str) -> None:
         """One line, whatever step is running."""
@@ -42,13 +47,12 @@ class Progress:
         self.say(f"{name}: done ({time.monotonic() - start:.1f} s)")
 
     def count(self, done: int, total: int, unit: str = "images") -> None:
-        """A counter inside the current step; on a terminal it rewrites one line."""
+        """A counter inside the current step: `done` of `total` so far; the bar closes at `total`."""
         if not self.enabled:
             return
-        label = f"{self.prefix}: {self._step or 'working'}: {done}/{total} {unit}"
-        if self.stream.isatty():
-            end = "\n" if done >= total else ""
-            print(f"\r{label}", end=end, file=self.stream, flush=True)
-        elif done >= total or done == 0:
-            # A log file gets the start and the end, not a line per batch.
-            print(label, file=self.stream, flush=True)
+        if self._bar is None:
+            self._bar = bar(f"{self.prefix}: {self._step or 'working'}", total, stream=self.stream, unit=unit)
+        self._bar.update(done - self._bar.n)
+        if done >= total:
+            self._bar.close()
+            self._bar = None

@@ -83,7 +83,7 @@ def parity(model: torch.nn.Module, sess: ort.InferenceSession, images: np.ndarra
     input_name = sess.get_inputs()[0].name
     results = []
     for b in batches:
-        x = np.ascontiguousarray(images[:b], dtype=np.float32)
+        x = np.ascontiguousarray(images[:b])  # the graph's own input: uint8 pixels or float32
         with torch.no_grad():
             expected = model.eval()(torch.from_numpy(x)).numpy()
         (got,) = sess.run(None, {input_name: x})

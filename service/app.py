@@ -1,8 +1,10 @@
 """The HTTP face: a Litestar app over the serving pipeline (service/pipeline.py).
 
     POST /classify?model=resnet18&top_k=5      POST /models/{name}/classify?top_k=5
+    POST /classify?depth=152   POST /classify?model=auto&budget_ms=200   (docs/cascade.md)
     GET  /models   GET /models/{name}   GET /health/live   GET /health/ready   GET /metrics
     GET  /schema   (OpenAPI, Litestar's default)
+    /v2/...        the Open Inference Protocol v2 (service/oip.py, docs/oip.md)
 
 The lifespan creates the pipelines and pools and releases them in its `finally`; the Service lives on
 `app.state.service`. Every error, ours or Litestar's, goes through `error_response` into one shape.
@@ -23,7 +25,8 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.params import Parameter
 
-from service import admission, errors, metrics, schemas, server, uploads
+from service import admission, cascade_file, errors, ladder as ladders, metrics, oip, schemas, server, uploads
+from service.cascade import Cascade, Policy
 from service.config import ServeConfig
 from service.openapi import ClassifyOperation
 from service.pipeline import Service
@@ -40,15 +43,15 @@ _ERROR_RESPONSES = {
     status: ResponseSpec(schemas.ErrorBody, description=text)
     for status, text in {
         400: "undecodable or corrupt image, or a malformed multipart body",
-        404: "unknown model (the body lists the available ones)",
+        404: "unknown model or depth (the body lists the available ones)",
         408: "the body did not arrive within body_timeout_s (the connection is closed)",
         413: "body over max_body_bytes, image over max_pixels, or more than max_images files",
         415: "unsupported media type",
-        422: "bad query parameter (top_k outside 1..num_classes, wrong type)",
+        422: "bad query parameter (top_k outside 1..num_classes, wrong type, model and depth disagree)",
         431: "more than 100 headers, or over 16 KiB of them",
         500: "the model's batching loop died (the service needs a restart), or inference failed",
         503: "the model's queue is full, the read budget is taken, or the service is warming up (see Retry-After)",
-        504: "the request waited past request_timeout_s",
+        504: "the request waited past request_timeout_s or its budget_ms",
     }.items()
 }
 
@@ -66,14 +69,15 @@ def _pipeline(service: Service, name: str):
 
 
 async def _classify(
-    request: Request, name: str | None, k: int | None
+    request: Request, name: str | None, k: int | None, depth: int | None = None, budget_ms: float | None = None
 ) -> schemas.Classification | schemas.BatchClassification:
     started = asyncio.get_running_loop().time()
-    service = _service(request)
-    name = service.config.default_model if name is None else name
-    label, status = (name if name in service.pipelines else "unknown"), 500
+    service, ladder = _service(request), request.app.state.ladder
+    label, status = "unknown", 500
     try:
-        pipeline = _pipeline(service, name)
+        name = ladders.resolve(ladder, service.models, name, depth) or ladder.default_model
+        label = name if name in service.pipelines or name == AUTO else "unknown"
+        pipeline = _pipeline(service, ladder.rungs[0] if name == AUTO else name)
         card = pipeline.model.card
         k = min(DEFAULT_TOP_K, card.num_classes) if k is None else k
         if not 1 <= k <= card.num_classes:
@@ -87,6 +91,7 @@ async def _classify(
         # Refused from the headers, before a byte of the body is read (service/admission.py).
         ticket = admission.admit(pipeline, service.read_budget, request.content_length, config.max_body_bytes)
         deadline = started + config.request_timeout_s
+        budget = None if budget_ms is None else started + budget_ms / 1000.0
         try:
             async with asyncio.timeout_at(deadline):
                 body = ticket.read(request.stream())
@@ -95,10 +100,15 @@ async def _classify(
                 else:
                     boundary = request.content_type[1].get("boundary")
                     payloads = await uploads.read_multipart(body, boundary, config.max_body_bytes, config.max_images)
-                rows = await pipeline.classify(payloads, deadline)
+                if name == AUTO:  # the budget bends the depth (cascade.py); the timeout still bounds it
+                    answers = await request.app.state.cascade.classify(payloads, deadline, budget)
+                else:  # a named model: the budget is this request's deadline
+                    async with asyncio.timeout_at(min(deadline, budget or deadline)):
+                        rows = await pipeline.classify(payloads, min(deadline, budget or deadline))
         except TimeoutError:
+            within = f"budget_ms = {budget_ms}" if budget and budget < deadline else ""
             raise errors.DeadlineExceeded(
-                f"no answer within request_timeout_s = {config.request_timeout_s} s"
+                f"no answer within {within or f'request_timeout_s = {config.request_timeout_s} s'}"
             ) from None
         finally:
             ticket.release()
@@ -110,11 +120,35 @@ async def _classify(
     finally:
         service.metrics.requests.inc(label, str(status))
         service.metrics.request_seconds.observe(asyncio.get_running_loop().time() - started, label)
+    if name == AUTO:
+        return _auto_answer(request.app.state.cascade, card, answers, k)
     if len(payloads) == 1:
         return schemas.Classification(name, schemas.top_k(card, rows[0], k))
     return schemas.BatchClassification(name, [schemas.ImageResult(schemas.top_k(card, row, k)) for row in rows])
 
 
+AUTO = "auto"  # the cascade's model name: model=auto, /models/auto/classify
+
+
+def _auto_answer(cascade: Cascade, card, answers, k: int):
+    """model=auto's body: each image says which rung answered it and how it got there."""
+
+    def step(answer) -> schemas.CascadeStep:
+        return schemas.CascadeStep(
+            answer.path, cascade.policy.signal, round(answer.confidence, 6), answer.threshold,
+            answer.skipped, cascade.policy.calibrated,
+        )  # fmt: skip
+
+    if len(answers) == 1:
+        return schemas.Classification(answers[0].path[-1], schemas.top_k(card, answers[0].row, k), step(answers[0]))
+    results = [schemas.ImageResult(schemas.top_k(card, a.row, k), a.path[-1], step(a)) for a in answers]
+    return schemas.BatchClassification(AUTO, results)
+
+
+_DEPTH = Parameter(default=None, ge=1, description="pick the ladder's model of this depth (GET /models lists them)")
+_BUDGET = Parameter(
+    default=None, gt=0, description="latency budget, ms: a named model's deadline; model=auto escalates only within it"
+)
 _TOP_K = Parameter(
     default=None, ge=1, description="classes to return, 1 to the model's class count (default 5, or all if fewer)"
 )
@@ -127,28 +161,39 @@ _CLASSIFY = dict(status_code=200, responses=_ERROR_RESPONSES, operation_class=Cl
 @post("/classify", **_CLASSIFY)
 async def classify(
     request: Request,
-    model: str | None = Parameter(default=None, description="served model name"),
+    model: str | None = Parameter(default=None, description="served model name, or auto (the depth cascade)"),
     top_k: int | None = _TOP_K,
+    depth: int | None = _DEPTH,
+    budget_ms: float | None = _BUDGET,
 ) -> schemas.Classification | schemas.BatchClassification:
     """Classify the posted image(s) with `model` (the configured default if absent)."""
-    return await _classify(request, model, top_k)
+    return await _classify(request, model, top_k, depth, budget_ms)
 
 
 @post("/models/{name:str}/classify", **_CLASSIFY)
 async def classify_with(
-    request: Request, name: str, top_k: int | None = _TOP_K
+    request: Request, name: str, top_k: int | None = _TOP_K, depth: int | None = _DEPTH,
+    budget_ms: float | None = _BUDGET,
 ) -> schemas.Classification | schemas.BatchClassification:
     """Classify the posted image(s) with the model in the path."""
-    return await _classify(request, name, top_k)
+    return await _classify(request, name, top_k, depth, budget_ms)
 
 
 @get("/models")
 async def list_models(request: Request) -> schemas.ModelList:
     """Every served model, without class lists."""
-    service = _service(request)
-    default = service.config.default_model
+    service, ladder, cascade = _service(request), request.app.state.ladder, request.app.state.cascade
+    default = ladder.default_model
     infos = [schemas.model_info(m.card, m.providers, name == default) for name, m in service.models.items()]
-    return schemas.ModelList(default, infos)
+    policy = cascade.policy
+    rungs = [
+        schemas.Rung(name, depth, service.models[name].card.precision,
+                     policy.thresholds[i] if i < len(policy.thresholds) else None, policy.gflops.get(name),
+                     round(service.pipelines[name].batch_seconds * 1000, 3))
+        for i, (name, depth) in enumerate(zip(ladder.rungs, ladder.depths))
+    ]  # fmt: skip
+    auto = schemas.Auto(policy.signal, policy.calibrated, policy.source)
+    return schemas.ModelList(default, infos, rungs, ladder.rule, auto)
 
 
 @get("/models/{name:str}", responses={404: _ERROR_RESPONSES[404]})
@@ -156,7 +201,7 @@ async def describe_model(request: Request, name: str) -> schemas.ModelDetail:
     """One model, with its classes in logit order."""
     service = _service(request)
     model = _pipeline(service, name).model
-    return schemas.model_info(model.card, model.providers, name == service.config.default_model, detail=True)
+    return schemas.model_info(model.card, model.providers, name == request.app.state.ladder.default_model, detail=True)
 
 
 @get("/health/live", responses={503: ResponseSpec(schemas.Health, description="a batching loop died")})
@@ -191,8 +236,9 @@ async def prometheus(request: Request) -> str:
 
 def _count_refused(request: Request, status: int) -> None:
     service = _service(request)
-    name = request.path_params.get("name") or request.query_params.get("model") or service.config.default_model
-    service.metrics.requests.inc(name if name in service.pipelines else "unknown", str(status))
+    params = request.path_params.get("name") or request.query_params.get("model")
+    name = params or request.app.state.ladder.default_model
+    service.metrics.requests.inc(name if name in service.pipelines or name == AUTO else "unknown", str(status))
 
 
 def error_response(request: Request, exc: Exception) -> Response:
@@ -217,6 +263,8 @@ def error_response(request: Request, exc: Exception) -> Response:
     headers = {**error.headers, "X-Request-ID": request_id}
     if isinstance(exc, MethodNotAllowedException) and exc.headers:  # RFC 9110 15.5.6: 405 says Allow
         headers["Allow"] = exc.headers.get("allow") or exc.headers.get("Allow", "")
+    if oip.owns(request.url.path):  # the Open Inference Protocol's routes answer its own shape
+        return oip.error_response(error, headers)
     return Response(errors.error_body(error, request_id), status_code=error.status, headers=headers)
 
 
@@ -259,13 +307,22 @@ class RequestContext:
             access_log.info("%s %s %d", scope["method"], scope["path"], status, extra=fields)
 
 
-def create_app(config: ServeConfig, models: dict[str, LoadedModel]) -> Litestar:
-    """The Litestar app serving `models` (from runtime.load_models) with `config`."""
+def create_app(
+    config: ServeConfig,
+    models: dict[str, LoadedModel],
+    ladder: ladders.Ladder | None = None,
+    policy: Policy | None = None,
+) -> Litestar:
+    """The Litestar app serving `models` (from runtime.load_models) with `config`; the ladder and the
+    cascade policy default to ladder.build and cascade_file.read (LadderError, CascadeFileError)."""
+    ladder = ladder or ladders.build(models, config.ladder, config.default_model)
+    policy = policy or cascade_file.read(config.models, ladder, models)
 
     @asynccontextmanager
     async def lifespan(app: Litestar):
         service = Service(config, models)
-        app.state.service = service
+        app.state.service, app.state.ladder = service, ladder
+        app.state.cascade = Cascade(ladder, policy, service.pipelines, service.metrics)
         await service.start()
         try:
             yield
@@ -274,7 +331,7 @@ def create_app(config: ServeConfig, models: dict[str, LoadedModel]) -> Litestar:
             log.info("stopped: queues drained, pools closed")
 
     return Litestar(
-        route_handlers=[classify, classify_with, list_models, describe_model, live, ready, prometheus],
+        route_handlers=[classify, classify_with, list_models, describe_model, live, ready, prometheus, oip.router],
         lifespan=[lifespan],
         exception_handlers={Exception: error_response},
         middleware=[RequestContext, DefineMiddleware(server.BodyDeadline, timeout_s=config.body_timeout_s)],

@@ -132,6 +132,14 @@ class Batcher(Generic[In, Out]):
             await asyncio.gather(self._task, return_exceptions=True)  # a dead loop was reported already
             self._task = None
 
+    async def __aenter__(self) -> Batcher[In, Out]:
+        """`async with Batcher(...) as batcher:` starts it, and closes it on the way out."""
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.close()
+
     async def submit(self, payloads: Sequence[In], deadline: float | None = None) -> list[Out]:
         """Queue `payloads` and wait for their outputs, in order. `deadline` is a `loop.time()`."""
         self.check_alive()

@@ -20,7 +20,8 @@ import sys
 
 import uvicorn
 
-from service import logs
+import cliconfig
+from service import cascade_file, ladder as ladders, logs
 from service.app import create_app
 from service.config import ConfigError, parse
 from service.runtime import ModelLoadError, load_models
@@ -34,16 +35,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = parse(argv)
     except ConfigError as error:
-        print(f"resnet-serve: {error}", file=sys.stderr)
-        return 2
+        return cliconfig.fail("resnet-serve", error)
     logs.configure(config.log_level)
     try:
         models = load_models(config)
-    except ModelLoadError as error:
-        print(f"resnet-serve: {error}", file=sys.stderr)
-        return 2
+        ladder = ladders.build(models, config.ladder, config.default_model)
+        policy = cascade_file.read(config.models, ladder, models)
+    except (ModelLoadError, ladders.LadderError, cascade_file.CascadeFileError) as error:
+        return cliconfig.fail("resnet-serve", error)
+    log.info(
+        "ladder %s (%s), default model %s; model=auto %s",
+        ",".join(ladder.rungs), ladder.rule, ladder.default_model,
+        f"calibrated by {policy.source}" if policy.calibrated
+        else f"uncalibrated: {policy.signal} below {', '.join(map(str, policy.thresholds)) or '-'} escalates",
+        extra={"ladder": list(ladder.rungs), "calibrated": policy.calibrated},
+    )  # fmt: skip
     log.info("starting", extra={"config": {k: str(v) for k, v in vars(config).items()}})
-    server = uvicorn.Server(uvicorn_config(create_app(config, models), config))  # with client timeouts
+    server = uvicorn.Server(uvicorn_config(create_app(config, models, ladder, policy), config))  # client timeouts
     server.run()
     return 0 if server.started else 1
 

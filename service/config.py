@@ -1,6 +1,6 @@
 """The service's settings: one frozen dataclass, set by flags and by RESNET_SERVE_<FIELD> variables.
 
-Every field is settable both ways, and this module is the one place that maps them: `--max-batch-size 8`
+Every field is settable both ways, and cliconfig.Parser maps them (`parser()` below): `--max-batch-size 8`
 and `RESNET_SERVE_MAX_BATCH_SIZE=8` set `ServeConfig.max_batch_size`; a flag beats the environment,
 the environment beats the default. Each field's `help` is its comment (unit and meaning) and the flag's
 help text. The deploy manifests (deploy/) use these variable names: keep them stable.
@@ -10,18 +10,19 @@ help text. The deploy manifests (deploy/) use these variable names: keep them st
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
+
+import cliconfig
 
 ENV_PREFIX = "RESNET_SERVE_"
 PROVIDER_NAMES = ("cuda", "cpu")  # runtime.PROVIDERS maps these to ONNX Runtime's names
 
 
-class ConfigError(ValueError):
+class ConfigError(cliconfig.UsageError):
     """A flag or environment variable holds a value the service cannot use; the message names it."""
 
 
@@ -38,7 +39,8 @@ def available_cpus() -> int:
 
 
 def _opt(default, help: str, **extra):
-    return field(default=default, metadata={"help": help, **extra})
+    """A field with its help text: the flag's help, the variable's meaning (cliconfig.option)."""
+    return cliconfig.option(default, help, **extra)
 
 
 @dataclass(frozen=True)
@@ -48,10 +50,13 @@ class ServeConfig:
     models: Path = field(metadata={"help": "folder written by resnet-export: one NAME/model.onnx per model"})
     host: str = _opt("127.0.0.1", "interface to listen on")
     port: int = _opt(8000, "TCP port to listen on")
-    default_model: str = _opt("resnet18", "model used when a request names none")
-    # Batching defaults are a first measurement on the 2-core dev box (README, section Serving), kept
-    # by resnet-bench on an idle box (README, section Performance): fp32 raw ORT gains under 10% from
-    # batch 1 to 8 on 224x224 resnet18/152, and batches are full (8.00) at concurrency >= 16.
+    default_model: str = _opt("", "model used when a request names none; empty = the ladder's shallowest rung")
+    ladder: tuple[str, ...] = _opt(
+        (), "the depth ladder's models, comma-separated; empty = each depth's fastest variant (docs/cascade.md)",
+        sep=",",
+    )
+    # Batching defaults, kept by resnet-bench on an idle box (docs/performance.md): fp32 raw ORT gains
+    # under 10% from batch 1 to 8 on 224x224 resnet18/152, and batches are full (8.00) at concurrency >= 16.
     max_batch_size: int = _opt(8, "most images in one inference")
     max_delay_ms: float = _opt(2.0, "longest wait, in ms after the first queued image, for a batch to fill")
     queue_size: int = _opt(128, "most images admitted per model (decoding, queued or running) before 503")
@@ -64,6 +69,10 @@ class ServeConfig:
     request_timeout_s: float = _opt(30.0, "deadline of a request from arrival, in seconds (504 beyond)")
     providers: tuple[str, ...] = _opt(
         ("cuda", "cpu"), "ONNX Runtime providers in order of preference, comma-separated: cuda, cpu", sep=","
+    )
+    cuda_device_id: int = _opt(0, "GPU (CUDA device id) the CUDA provider runs on; see CUDA_VISIBLE_DEVICES")
+    cudnn_conv_algo_search: str = _opt(
+        "exhaustive", "cuDNN convolution algorithm choice on CUDA: exhaustive (benchmark once per shape), heuristic or default"
     )
     warmup_runs: int = _opt(2, "inferences per model and batch shape before /health/ready reports ready")
     drain_timeout_s: float = _opt(30.0, "on SIGTERM, seconds to let in-flight requests finish")
@@ -81,6 +90,7 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", Path(self.models))
+        object.__setattr__(self, "providers", tuple(p.lower() for p in self.providers))
         positive = (
             "max_batch_size", "queue_size", "max_body_bytes", "max_pixels", "max_images", "warmup_runs",
             "read_budget_bytes",
@@ -105,6 +115,12 @@ class ServeConfig:
             raise ConfigError(f"port must be in 0..65535, got {self.port!r}")
         if not self.providers or any(p not in PROVIDER_NAMES for p in self.providers):
             raise ConfigError(f"providers must be a list of {PROVIDER_NAMES}, got {','.join(self.providers)!r}")
+        if self.cuda_device_id < 0:
+            raise ConfigError(f"cuda_device_id must be >= 0, got {self.cuda_device_id!r}")
+        if self.cudnn_conv_algo_search not in ("exhaustive", "heuristic", "default"):
+            raise ConfigError(
+                f"cudnn_conv_algo_search must be exhaustive, heuristic or default, got {self.cudnn_conv_algo_search!r}"
+            )
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
         if self.decode_threads == 0:
@@ -115,55 +131,12 @@ class ServeConfig:
         return self.max_delay_ms / 1000.0
 
 
-def _converter(f):
-    """The str -> value function for a field, from its declared type."""
-    kind = f.type if isinstance(f.type, str) else f.type.__name__
-    if kind.startswith("tuple"):
-        return lambda text: tuple(part.strip().lower() for part in text.split(f.metadata["sep"]) if part.strip())
-    return {"Path": Path, "str": str, "int": int, "float": float}[kind]
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+def parser() -> cliconfig.Parser:
+    """The flags of resnet-serve, one per ServeConfig field, each with its RESNET_SERVE_* variable."""
+    return cliconfig.Parser(ServeConfig, prog="resnet-serve", description="Serve exported ResNet ONNX models over HTTP.",
+                            env_prefix=ENV_PREFIX, error=ConfigError)
 
 
 def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> ServeConfig:
     """Build the config from flags (argv) over environment variables (environ) over defaults."""
-    environ = os.environ if environ is None else environ
-    parser = _Parser(prog="resnet-serve", description="Serve exported ResNet ONNX models over HTTP.")
-    for f in fields(ServeConfig):
-        env = ENV_PREFIX + f.name.upper()
-        default = "" if f.default is MISSING else f" (default {_show(f.default)})"
-        parser.add_argument(
-            _flag(f.name), dest=f.name, metavar=f.name.upper(), help=f"{f.metadata['help']}; env {env}{default}"
-        )
-    args = vars(parser.parse_args(argv))
-    values = {}
-    for f in fields(ServeConfig):
-        env = ENV_PREFIX + f.name.upper()
-        raw, source = (args[f.name], _flag(f.name)) if args[f.name] is not None else (environ.get(env), env)
-        if raw is None:
-            continue
-        try:
-            values[f.name] = _converter(f)(raw)
-        except ValueError:
-            raise ConfigError(f"{source} must be {_describe(f)}, got {raw!r}") from None
-    if "models" not in values:
-        raise ConfigError(f"the models folder is required: --models DIR or {ENV_PREFIX}MODELS")
-    return ServeConfig(**values)
-
-
-def _show(value) -> str:
-    return ",".join(value) if isinstance(value, tuple) else str(value)
-
-
-def _describe(f) -> str:
-    kind = f.type if isinstance(f.type, str) else f.type.__name__
-    return {"int": "an integer", "float": "a number"}.get(kind, "text")
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line, as every CLI here does."""
-
-    def error(self, message: str):
-        raise ConfigError(message)
+    return ServeConfig(**parser().parse(argv, os.environ if environ is None else environ))

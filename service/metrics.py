@@ -14,6 +14,8 @@ from typing import Callable, Iterable
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds: 0.5 ms to 30 s, roughly x2.5 per step, enough to tell queueing from inference.
 SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Confidence signals lie in [0, 1]; the cascade's thresholds usually sit in the upper half.
+CONFIDENCE = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)
 
 
 def _escape(value: str) -> str:
@@ -109,14 +111,34 @@ class Metrics:
         )
         self.preprocess = Histogram("resnet_preprocess_seconds", "Decode and preprocessing time per image.", ("model",))
         self.inference = Histogram("resnet_inference_seconds", "ONNX Runtime time per batch.", ("model",))
+        # CUDA only (I/O binding): the three parts of one batch, copy_in, compute and copy_out.
+        self.device_seconds = Histogram(
+            "resnet_device_seconds", "GPU time per batch by stage: copy_in, compute, copy_out.", ("model", "stage")
+        )
         self.batch_size = Histogram(
             "resnet_batch_size", "Images per inference.", ("model",), (1, 2, 4, 8, 16, 32, 64, 128)
         )
         self.queue_depth = Gauge(
             "resnet_queue_depth", "Images admitted and not yet answered, per model.", ("model",), queue_depth
         )
+        # model=auto (service/cascade.py): where answers come from and why escalations did not happen.
+        self.cascade_answers = Counter(
+            "resnet_cascade_answers_total", "model=auto images answered, by rung.", ("model",)
+        )
+        self.cascade_escalations = Counter(
+            "resnet_cascade_escalations_total", "model=auto images sent on to a deeper rung.", ("model", "to")
+        )
+        self.cascade_skipped = Counter(
+            "resnet_cascade_escalations_skipped_total",
+            "model=auto escalations not made, by rung and reason (budget, overloaded).",
+            ("model", "reason"),
+        )
+        self.cascade_confidence = Histogram(
+            "resnet_cascade_confidence", "model=auto confidence signal per image, by rung.", ("model",), CONFIDENCE
+        )
         self.all = (self.requests, self.images, self.request_seconds, self.queue_wait, self.preprocess,
-                    self.inference, self.batch_size, self.queue_depth)  # fmt: skip
+                    self.inference, self.device_seconds, self.batch_size, self.queue_depth, self.cascade_answers,
+                    self.cascade_escalations, self.cascade_skipped, self.cascade_confidence)  # fmt: skip
 
     def render(self) -> str:
         """All metrics in the Prometheus text format."""

@@ -1,6 +1,10 @@
 """The serving pipeline behind the HTTP layer: admission, decode pool, per-model batcher, inference.
 
-    bytes --decode pool (threads)--> [3,S,S] arrays --Batcher--> one ORT run per batch --> probabilities
+    bytes --decode pool (threads)--> one image's input --Batcher--> one ORT run per batch --> probabilities
+
+An image's input is what the model's card asks for (service.preprocess.prepare): uint8 [S, S, 3]
+pixels for models exported since issue 16, float32 [3, S, S] for older ones. The batch is stacked
+into one buffer per model allocated at start-up, not a fresh array per batch.
 
 Nothing here runs image or tensor work on the event loop: decoding and preprocessing run in a shared
 bounded thread pool, inference in one thread per model (Pillow and ONNX Runtime release the GIL),
@@ -58,6 +62,11 @@ class ModelPipeline:
         self.inflight = 0  # images admitted and not yet answered: decoding, queued or in a batch
         self.decoding = 0  # images admitted and not yet queued for the batcher
         self.batch_seconds = 0.0  # moving average of one batch's inference time, for Retry-After
+        # The batch is copied here, then ONNX Runtime reads it in place; one batch runs at a time per
+        # model (one inference thread), so one buffer suffices and never changes under a run.
+        prep = model.card.preprocessing
+        dtype = np.uint8 if prep.input_dtype == "uint8" else np.float32  # what prepare returns
+        self.buffer = np.empty(prep.input_shape(config.max_batch_size), dtype=dtype)
 
     def start(self) -> None:
         self.batcher.start()
@@ -66,7 +75,10 @@ class ModelPipeline:
         """Warm-up runs for batch 1 and the largest batch, off the loop; returns seconds taken."""
         sizes = tuple(sorted({1, self.config.max_batch_size}))
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self.model.warm_up, sizes, self.config.warmup_runs)
+        seconds = await loop.run_in_executor(self.executor, self.model.warm_up, sizes, self.config.warmup_runs)
+        # A first batch-time estimate before any traffic: model=auto's budget checks need one (cascade.py).
+        self.batch_seconds = self.batch_seconds or seconds / (len(sizes) * self.config.warmup_runs)
+        return seconds
 
     async def classify(self, payloads: list[bytes], deadline: float) -> list[np.ndarray]:
         """Probabilities for each image, in order. Raises ServiceError subclasses for the client."""
@@ -83,6 +95,16 @@ class ModelPipeline:
             return await self.batcher.submit(arrays, deadline)
         finally:
             self.inflight -= count
+
+    async def infer(self, arrays: list[np.ndarray], deadline: float) -> list[np.ndarray]:
+        """Probabilities for inputs the client preprocessed itself (the OIP pixel input, service/oip.py):
+        the same admission and the same batcher as images, without the decode pool."""
+        self.check_capacity(len(arrays))
+        self.inflight += len(arrays)
+        try:
+            return await self.batcher.submit(arrays, deadline)
+        finally:
+            self.inflight -= len(arrays)
 
     def check_capacity(self, count: int) -> None:
         """503 now if `count` more images would pass queue_size; also asked before a body is read."""
@@ -119,19 +141,23 @@ class ModelPipeline:
         async with self.decode_slots:
             return await asyncio.get_running_loop().run_in_executor(self.decode_pool, _prepare, data, prep, limit)
 
-    def _infer(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, float]:
+    def _infer(self, arrays: list[np.ndarray]):
         started = time.perf_counter()
-        return self.model.probabilities(np.stack(arrays)), time.perf_counter() - started
+        batch = np.stack(arrays, out=self.buffer[: len(arrays)])
+        return self.model.probabilities(batch), time.perf_counter() - started, self.model.timings
 
     async def _run_batch(self, arrays: list[np.ndarray]) -> np.ndarray:
         loop = asyncio.get_running_loop()
         try:
-            probabilities, seconds = await loop.run_in_executor(self.executor, self._infer, arrays)
+            probabilities, seconds, device = await loop.run_in_executor(self.executor, self._infer, arrays)
         except Exception as error:  # noqa: BLE001 - ORT's errors become this batch's 500s
             log.exception("inference failed for a batch of %d", len(arrays), extra={"model": self.model.name})
             raise InferenceFailed(f"inference failed for model {self.model.name!r}: {type(error).__name__}") from error
         self.batch_seconds = seconds if not self.batch_seconds else 0.8 * self.batch_seconds + 0.2 * seconds
         self.metrics.inference.observe(seconds, self.model.name)
+        if device is not None:  # CUDA: where the batch's time went
+            for stage in ("copy_in", "compute", "copy_out"):
+                self.metrics.device_seconds.observe(getattr(device, stage), self.model.name, stage)
         self.metrics.batch_size.observe(len(arrays), self.model.name)
         self.metrics.images.inc(self.model.name, amount=len(arrays))
         return probabilities

@@ -16,12 +16,15 @@ import numpy as np
 import onnxruntime as ort
 
 from artifact import ArtifactError, ModelCard
+from service import cuda
 from service.config import ServeConfig, available_cpus
 
 log = logging.getLogger("service.runtime")
 
 PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
-_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
+# The graph input types each card's input_dtype allows (issue 16: uint8 pixels, normalised in the graph).
+_CARD_DTYPES = {"float32": ("tensor(float)", "tensor(float16)"), "uint8": ("tensor(uint8)",)}
 
 
 class ModelLoadError(RuntimeError):
@@ -38,26 +41,45 @@ class LoadedModel:
     providers: tuple[str, ...]  # session.get_providers(): what ONNX Runtime actually uses
     input_dtype: type = np.float32
     warm: bool = field(default=False)  # set once warm_up has run
+    runner: cuda.BoundRunner | None = None  # I/O binding on CUDA; None runs session.run (the CPU path)
 
     @property
     def name(self) -> str:
         return self.card.name
 
+    @property
+    def device(self) -> str:
+        """"cuda" or "cpu": where ONNX Runtime really runs this model (the ladder of variants reads it)."""
+        return device_of(self.providers)
+
+    @property
+    def timings(self) -> cuda.Timings | None:
+        """Copy-in, compute and copy-out seconds of the last batch on CUDA; None on the CPU path."""
+        return self.runner.timings if self.runner is not None else None
+
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """Softmax over the logits of a [N, 3, S, S] batch: [N, num_classes] float32, rows sum to 1."""
-        (logits,) = self.session.run(
-            [self.card.output_name], {self.card.input_name: batch.astype(self.input_dtype, copy=False)}
-        )
+        """Softmax over the logits of a batch of the card's input: [N, num_classes] float32, rows sum to 1."""
+        if self.runner is not None:
+            logits = self.runner.run(batch)
+        else:
+            (logits,) = self.session.run(
+                [self.card.output_name], {self.card.input_name: batch.astype(self.input_dtype, copy=False)}
+            )
         logits = logits.astype(np.float32, copy=False)
         exp = np.exp(logits - logits.max(axis=1, keepdims=True))
         return exp / exp.sum(axis=1, keepdims=True)
 
     def warm_up(self, batch_sizes: tuple[int, ...], runs: int) -> float:
-        """Run zeros through every batch shape the batcher will use first; returns seconds taken."""
+        """Run zeros through every batch shape the batcher will use first; returns seconds taken.
+
+        On CUDA every rung of the batch ladder up to the largest size is warmed: each new shape
+        costs a cuDNN algorithm search that no request should wait for."""
         started = time.perf_counter()
-        side = self.card.preprocessing.input_size
+        prep = self.card.preprocessing
+        if self.runner is not None and self.runner.pad:
+            batch_sizes = cuda.warm_sizes(max(batch_sizes))
         for size in batch_sizes:
-            batch = np.zeros((size, 3, side, side), dtype=np.float32)
+            batch = np.zeros(prep.input_shape(size), dtype=self.input_dtype)
             for _ in range(runs):
                 self.probabilities(batch)
         self.warm = True
@@ -90,13 +112,36 @@ def session_options(config: ServeConfig, threads: int | None = None) -> ort.Sess
     return options
 
 
+def device_of(providers) -> str:
+    """"cuda" when ONNX Runtime placed the graph on its CUDA provider, else "cpu"."""
+    return "cuda" if PROVIDERS["cuda"] in providers else "cpu"
+
+
 def provider_list(requested: tuple[str, ...]) -> list[str]:
-    """ONNX Runtime provider names for the requested short names, keeping those this build has."""
+    """ONNX Runtime provider names for the requested short names, keeping those this build has and,
+    for CUDA, only where the NVIDIA driver reports a GPU (asked once, before ONNX Runtime is)."""
     available = set(ort.get_available_providers())
     chosen = [PROVIDERS[name] for name in requested if PROVIDERS[name] in available]
-    if "cuda" in requested and PROVIDERS["cuda"] in available:
-        _preload_cuda()
+    if PROVIDERS["cuda"] in chosen:
+        gpu = cuda.probe()
+        if gpu.usable:
+            _preload_cuda()
+        else:
+            _say_no_gpu(gpu.reason)
+            chosen.remove(PROVIDERS["cuda"])
     return chosen or [PROVIDERS["cpu"]]
+
+
+def providers_with_options(config: ServeConfig) -> list:
+    """provider_list with the CUDA provider's serving options (service.cuda) attached."""
+    options = cuda.provider_options(config.cuda_device_id, config.cudnn_conv_algo_search)
+    return [(name, options) if name == PROVIDERS["cuda"] else name for name in provider_list(config.providers)]
+
+
+@functools.cache
+def _say_no_gpu(reason: str) -> None:
+    """The one line a CPU-only machine gets instead of ONNX Runtime's errors for every model."""
+    log.warning("CUDA requested but %s: serving on the CPU", reason, extra={"reason": reason})
 
 
 @functools.cache
@@ -123,7 +168,7 @@ def discover(models_dir: Path) -> list[Path]:
 
 def load_model(path: Path, config: ServeConfig, threads: int | None = None) -> LoadedModel:
     """One session with its card, checked against the graph's real input and output."""
-    requested = provider_list(config.providers)
+    requested = providers_with_options(config)
     options = session_options(config, threads)
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=requested)
@@ -141,20 +186,26 @@ def load_model(path: Path, config: ServeConfig, threads: int | None = None) -> L
             f"the graph has inputs {sorted(inputs)} and outputs {sorted(outputs)}"
         )
     node = inputs[card.input_name]
-    side = card.preprocessing.input_size
-    if len(node.shape) != 4 or list(node.shape[1:]) != [3, side, side] or node.type not in _ORT_DTYPES:
+    shape = card.preprocessing.input_shape()
+    if len(node.shape) != 4 or tuple(node.shape[1:]) != shape[1:] or node.type not in _CARD_DTYPES[card.input_dtype]:
         raise ModelLoadError(
-            f"{str(path)!r}: input {node.name!r} is {node.type} {node.shape}, expected float [batch, 3, {side}, {side}]"
+            f"{str(path)!r}: input {node.name!r} is {node.type} {node.shape}, but its card says "
+            f"{card.input_dtype} [{', '.join(map(str, shape))}]"
         )
     providers = tuple(session.get_providers())
-    if "cuda" in config.providers and PROVIDERS["cuda"] not in providers:
+    asked_cuda = any(p == PROVIDERS["cuda"] or (isinstance(p, tuple) and p[0] == PROVIDERS["cuda"]) for p in requested)
+    if asked_cuda and device_of(providers) != "cuda":
+        # The driver has a GPU, yet ONNX Runtime fell back (CUDA or cuDNN libraries missing, say).
         log.warning(
-            "model %s: CUDA was requested but ONNX Runtime could not use it; running on %s",
+            "model %s: a GPU is present but ONNX Runtime could not use its CUDA provider; running on %s",
             card.name,
             ", ".join(providers),
             extra={"model": card.name, "providers": list(providers)},
         )
-    return LoadedModel(card, session, path, providers, _ORT_DTYPES[node.type])
+    runner = None
+    if device_of(providers) == "cuda":
+        runner = cuda.BoundRunner(session, card.input_name, card.output_name, "cuda", config.cuda_device_id, pad=True)
+    return LoadedModel(card, session, path, providers, _ORT_DTYPES[node.type], runner=runner)
 
 
 def load_models(config: ServeConfig) -> dict[str, LoadedModel]:
@@ -167,13 +218,18 @@ def load_models(config: ServeConfig) -> dict[str, LoadedModel]:
         if model.name in models:
             raise ModelLoadError(f"two files serve the name {model.name!r}: {models[model.name].path} and {path}")
         models[model.name] = model
-    if config.default_model not in models:
+    if config.default_model and config.default_model not in models:  # empty: the ladder's shallowest
         raise ModelLoadError(
             f"default model {config.default_model!r} is not in {str(config.models)!r}; it has {sorted(models)}"
         )
     for model in models.values():
         log.info(
-            "loaded %s from %s on %s, %d intra-op threads", model.name, model.path, ", ".join(model.providers), threads,
-            extra={"model": model.name},
+            "loaded %s (%s) from %s on %s, %d intra-op threads",
+            model.name,
+            model.card.precision,
+            model.path,
+            ", ".join(model.providers),
+            threads,
+            extra={"model": model.name, "device": model.device, "providers": list(model.providers)},
         )
     return models

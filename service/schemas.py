@@ -15,15 +15,29 @@ class Prediction(msgspec.Struct):
     probability: float  # softmax probability, 0..1
 
 
-class Classification(msgspec.Struct):
+class CascadeStep(msgspec.Struct, omit_defaults=True):
+    """How model=auto reached an image's answer (service/cascade.py)."""
+
+    path: list[str]  # the rungs the image ran on, shallowest first; the last one answered
+    signal: str  # the confidence signal: max_softmax, margin or entropy
+    confidence: float  # the signal on the answering rung's output
+    threshold: float | None = None  # below it the answering rung escalates; absent on the last rung
+    escalation_skipped: str | None = None  # "budget" or "overloaded": the threshold asked, the service did not
+    calibrated: bool = True  # False: the thresholds are the documented default, not measured
+
+
+class Classification(msgspec.Struct, omit_defaults=True):
     """The answer for one image."""
 
     model: str
     predictions: list[Prediction]  # top_k, highest probability first
+    cascade: CascadeStep | None = None  # model=auto only
 
 
-class ImageResult(msgspec.Struct):
+class ImageResult(msgspec.Struct, omit_defaults=True):
     predictions: list[Prediction]
+    model: str | None = None  # model=auto only: the rung that answered this image
+    cascade: CascadeStep | None = None  # model=auto only
 
 
 class BatchClassification(msgspec.Struct):
@@ -62,9 +76,31 @@ class ModelDetail(ModelInfo):
     classes: list[ClassInfo]  # in logit order
 
 
-class ModelList(msgspec.Struct):
+class Rung(msgspec.Struct):
+    """One step of the depth ladder (service/ladder.py)."""
+
+    name: str
+    depth: int
+    precision: str
+    threshold: float | None  # model=auto escalates below it; None on the last rung
+    gflops: float | None  # cost per image measured by resnet-calibrate; None without a cascade file
+    batch_ms: float  # running estimate of one batch's inference time, ms (warm-up, then traffic)
+
+
+class Auto(msgspec.Struct):
+    """model=auto, also served at POST /models/auto/classify."""
+
+    signal: str
+    calibrated: bool  # False: "uncalibrated", the documented default thresholds
+    calibration: str | None  # the cascade file read at start-up
+
+
+class ModelList(msgspec.Struct, omit_defaults=True):
     default_model: str
     models: list[ModelInfo]
+    ladder: list[Rung] | None = None  # shallowest first; `depth=` picks a rung
+    ladder_rule: str | None = None  # "fastest variant per depth" or "--ladder"
+    auto: Auto | None = None
 
 
 class Health(msgspec.Struct, omit_defaults=True):

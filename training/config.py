@@ -17,6 +17,8 @@ from artifact import depth_of
 # The paper's choices first; the others are torchvision's reference-script options (--lr-scheduler
 # cosineannealinglr, --lr-warmup-method linear), which converge faster on short runs.
 WARMUP_METHODS = ("constant", "linear")
+# Fine-tuning (training.finetune): BN statistics "frozen", "train"ed, or "auto" (frozen below 16 images per process).
+FINETUNE_BN = ("auto", "frozen", "train")
 LR_SCHEDULES = ("step", "cosine")
 
 
@@ -47,6 +49,10 @@ class TrainConfig:
     cifar_root: str = ""  # cifar10 only: download/cache folder; "": ~/.cache/cifar10
     save_every: int = 0  # also checkpoint every this many steps; 0: at each epoch end and at the end
     log_every: int = 50  # steps between train lines in metrics.jsonl and the progress bar's refresh
+    init_from: str = ""  # fine-tune from a checkpoint.pt or torchvision "arch:WEIGHTS"; "": random init
+    head_steps: int = -1  # fine-tune: first steps that train only the head; -1: one epoch
+    finetune_lr: float = 0.0  # fine-tune: peak lr after the head phase; 0: lr / 10
+    finetune_bn: str = "auto"  # fine-tune: BN statistics "frozen", "train"ed, "auto": frozen below 16 images/process
 
     def __post_init__(self) -> None:
         models.check_arch(self.arch)
@@ -61,6 +67,10 @@ class TrainConfig:
             raise ValueError(f"warmup_method must be one of {WARMUP_METHODS}, got {self.warmup_method!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.head_steps < -1 or self.finetune_lr < 0:
+            raise ValueError(f"head_steps must be >= -1 and finetune_lr >= 0, got {self.head_steps} and {self.finetune_lr}")
+        if self.finetune_bn not in FINETUNE_BN:
+            raise ValueError(f"finetune_bn must be one of {FINETUNE_BN}, got {self.finetune_bn!r}")
         if self.amp_dtype not in ("fp16", "bf16"):
             raise ValueError(f"amp_dtype must be 'fp16' or 'bf16', got {self.amp_dtype!r}")
         object.__setattr__(self, "lr_milestones", tuple(int(m) for m in self.lr_milestones))

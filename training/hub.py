@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import urllib.error
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -35,37 +34,43 @@ def _weights(arch: str, name: str):
         raise WeightsError(f"{arch} has no weights {name!r}; expected one of {[w.name for w in enum]} or DEFAULT") from None
 
 
-def import_torchvision(arch: str, weights_name: str, out: str | os.PathLike, command: str = "") -> Path:
-    """Write out/checkpoint.pt from torchvision's `weights_name` for `arch`; returns its path."""
+def published_weights(arch: str, weights_name: str):
+    """torchvision's weights enum member and its state dict, from the hub cache or downloaded into it."""
     weights = _weights(arch, weights_name)
     cache = Path(torch.hub.get_dir()) / "checkpoints"
     try:
-        state_dict = weights.get_state_dict(progress=False, weights_only=True)
+        return weights, weights.get_state_dict(progress=False, weights_only=True)
     except (urllib.error.URLError, OSError, RuntimeError) as error:
         reason = " ".join(str(error).split()) or type(error).__name__
         raise WeightsError(
             f"cannot get {weights} from {weights.url} ({reason[:200]}); offline, place the file at "
             f"{cache / Path(weights.url).name}"
         ) from error
+
+
+def preprocessing(weights) -> Preprocessing:
+    """The evaluation preprocessing the weights were published with (their transforms())."""
+    transform = weights.transforms()
+    return Preprocessing(transform.crop_size[0], transform.resize_size[0], tuple(transform.mean),
+                         tuple(transform.std), transform.interpolation.value)
+
+
+def import_torchvision(arch: str, weights_name: str, out: str | os.PathLike, command: str = "") -> Path:
+    """Write out/checkpoint.pt from torchvision's `weights_name` for `arch`; returns its path."""
+    weights, state_dict = published_weights(arch, weights_name)
     model = models.build(arch, len(weights.meta["categories"]))
     model.load_state_dict(state_dict)  # strict: proves the file matches our definition
-    transform = weights.transforms()
-    pre = Preprocessing(transform.crop_size[0], transform.resize_size[0], tuple(transform.mean),
-                        tuple(transform.std), transform.interpolation.value)
+    pre = preprocessing(weights)
     published = weights.meta["_metrics"]["ImageNet-1K"]
-    payload = {
-        "arch": arch,
-        "num_classes": len(WNIDS),
-        "class_ids": list(WNIDS),
-        "class_names": list(weights.meta["categories"]),
-        "preprocessing": pre.to_dict(),
+    return checkpoint.Checkpoint(
+        arch=arch,
+        class_ids=WNIDS,
+        class_names=weights.meta["categories"],
+        preprocessing=pre,
         # build_dataset refuses this kind with a message: the ImageNet images are not part of the weights.
-        "dataset": {"kind": "torchvision-weights", "dataset": "ImageNet-1k", "weights": str(weights)},
-        "config": {"source": "torchvision", "weights": str(weights), "url": weights.url, "recipe": weights.meta["recipe"]},
-        "metrics": {"epoch": None, "step": None, "val_top1": published["acc@1"], "val_top5": published["acc@5"]},
-        "model": model.state_dict(),
-        "provenance": {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                       "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
-                       "command": command, "host": os.uname().nodename},
-    }
-    return checkpoint.save(payload, Path(out) / "checkpoint.pt")
+        dataset={"kind": "torchvision-weights", "dataset": "ImageNet-1k", "weights": str(weights)},
+        config={"source": "torchvision", "weights": str(weights), "url": weights.url, "recipe": weights.meta["recipe"]},
+        metrics=checkpoint.Metrics(val_top1=published["acc@1"], val_top5=published["acc@5"]),
+        model=model.state_dict(),
+        provenance=checkpoint.Provenance.here(command),
+    ).save(Path(out) / "checkpoint.pt")

@@ -9,6 +9,11 @@ torchvision's weights were trained with.
 
     from training import models
     net = models.build("resnet152", num_classes=10, zero_init_residual=True)
+    net = models.build("resnet34", num_classes=10, shortcut="A")   # Table 3's options A, B, C
+
+Shortcut options (sec. 3.3 and 4.1, Table 3) for the ImageNet ResNets: "A" zero-pads the identity
+where the dimensions grow (no shortcut has parameters), "B" (torchvision's, the default) projects
+only there, "C" projects on every shortcut. The CIFAR nets are option A by construction (sec. 4.2).
 """
 
 from __future__ import annotations
@@ -34,11 +39,32 @@ class PlainBlock(BasicBlock):
         return self.relu(self.bn2(self.conv2(out)))
 
 
+SHORTCUTS = ("A", "B", "C")
+
+
+def _set_shortcuts(net: ResNet, option: str) -> None:
+    """Turn torchvision's option-B shortcuts into option A or C, in place (Table 3)."""
+    for stage in (net.layer1, net.layer2, net.layer3, net.layer4):
+        for block in stage:
+            last = block.conv3 if isinstance(block, Bottleneck) else block.conv2
+            in_planes, planes, stride = block.conv1.in_channels, last.out_channels, block.stride
+            if option == "A" and block.downsample is not None:
+                block.downsample = cifar_models.PadShortcut(in_planes, planes, stride)
+            elif option == "C" and block.downsample is None:
+                conv = nn.Conv2d(in_planes, planes, 1, stride, bias=False)
+                # torchvision's initialisation of every other conv and BN of the net
+                nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+                block.downsample = nn.Sequential(conv, nn.BatchNorm2d(planes))
+
+
 def _imagenet(block: type[nn.Module], layers: list[int]) -> Callable[..., nn.Module]:
-    def builder(num_classes: int, zero_init_residual: bool = False) -> nn.Module:
+    def builder(num_classes: int, zero_init_residual: bool = False, shortcut: str = "B") -> nn.Module:
         # A plain net has no residual branch to zero: zeroing its bn2 would cut the signal path.
         zero_init = zero_init_residual and block is not PlainBlock
-        return ResNet(block, layers, num_classes=num_classes, zero_init_residual=zero_init)
+        net = ResNet(block, layers, num_classes=num_classes, zero_init_residual=zero_init)
+        if shortcut != "B":
+            _set_shortcuts(net, shortcut)
+        return net
 
     return builder
 
@@ -98,8 +124,17 @@ def strided_convs_on_one_pixel(arch: str, image_size: int) -> list[str]:
     return hits
 
 
-def build(arch: str, num_classes: int, zero_init_residual: bool = False) -> nn.Module:
-    """A freshly initialised network; zero_init_residual zeroes each residual branch's last BN."""
+def build(arch: str, num_classes: int, zero_init_residual: bool = False, shortcut: str | None = None) -> nn.Module:
+    """A freshly initialised network; zero_init_residual zeroes each residual branch's last BN;
+    shortcut picks option A, B or C of Table 3 for an ImageNet ResNet (None: the arch's own)."""
     if not (isinstance(num_classes, int) and num_classes >= 1):
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    return ARCHS[check_arch(arch)](num_classes, zero_init_residual=zero_init_residual)
+    check_arch(arch)
+    if shortcut is None:
+        return ARCHS[arch](num_classes, zero_init_residual=zero_init_residual)
+    if shortcut not in SHORTCUTS:
+        raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {shortcut!r}")
+    if arch not in IMAGENET_ARCHS or arch.startswith("plain"):
+        own = "none (a plain net)" if arch.startswith("plain") else "A, fixed (sec. 4.2)"
+        raise ValueError(f"shortcut {shortcut!r} applies to the ImageNet ResNets only; {arch}'s shortcuts are {own}")
+    return ARCHS[arch](num_classes, zero_init_residual=zero_init_residual, shortcut=shortcut)

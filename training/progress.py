@@ -1,38 +1,38 @@
-"""A small progress bar on stderr: one line redrawn in place on a terminal, a plain line per
-refresh otherwise (CI logs, torchrun's prefixed output). tqdm would do; this avoids a dependency."""
+"""Progress bars on stderr through tqdm, shared by resnet-train and resnet-export.
+
+On a terminal tqdm redraws one line in place. Anywhere else (CI logs, torchrun's prefixed output, a
+file) each update becomes one plain line, because a log of carriage-return redraws is one unreadable
+line: `_Lines` turns tqdm's redraws into newline-terminated lines and the bar refreshes on every
+update instead of every 0.1 s.
+"""
 
 from __future__ import annotations
 
 import sys
-import time
+from typing import TextIO
+
+from tqdm import tqdm
 
 
-class Progress:
-    """`update(done, **stats)` redraws "label [#####-----] done/total stats, ETA"; `close()` ends it."""
+class _Lines:
+    """A file for tqdm that writes each redraw as its own line."""
 
-    def __init__(self, label: str, total: int, enabled: bool = True, stream=None, width: int = 20):
-        self.label, self.total, self.enabled, self.width = label, total, enabled, width
-        self.stream = stream or sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.start = time.monotonic()
-        self.last_line = ""
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
 
-    def update(self, done: int, **stats: str | float) -> None:
-        if not self.enabled:
-            return
-        filled = int(self.width * done / max(self.total, 1))
-        bar = "#" * filled + "-" * (self.width - filled)
-        elapsed = time.monotonic() - self.start
-        eta = elapsed / done * (self.total - done) if done else 0.0
-        text = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items())
-        self.last_line = f"{self.label} [{bar}] {done}/{self.total} {text} eta {eta:.0f}s"
-        if self.tty:
-            self.stream.write("\r\033[K" + self.last_line)
-        else:
-            self.stream.write(self.last_line + "\n")
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").strip()
+        if line:
+            self.stream.write(line + "\n")
+
+    def flush(self) -> None:
         self.stream.flush()
 
-    def close(self) -> None:
-        if self.enabled and self.tty and self.last_line:
-            self.stream.write("\n")
-            self.stream.flush()
+
+def bar(desc: str, total: int, enabled: bool = True, stream: TextIO | None = None, unit: str = "it") -> tqdm:
+    """A tqdm bar on `stream` (stderr); `bar.set_postfix(..., refresh=False)` then `bar.update(n)`."""
+    stream = stream if stream is not None else sys.stderr
+    tty = bool(getattr(stream, "isatty", lambda: False)())
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, file=stream if tty else _Lines(stream),
+                dynamic_ncols=tty, ncols=None if tty else 100, mininterval=0.1 if tty else 0, miniters=None if tty else 1,
+                leave=tty)  # off a terminal the last update is already a line of its own

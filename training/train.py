@@ -15,24 +15,21 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import sys
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-import torchvision
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from training import checkpoint, data, models
-from training.config import TrainConfig, lr_factor, resolve
-from training.progress import Progress
+from artifact import Preprocessing
+from training import checkpoint, data, finetune, models, progress
+from training.config import TrainConfig, resolve
 
 
 class _Keyed(Dataset):
@@ -161,6 +158,10 @@ def run(config: TrainConfig, resume: str | os.PathLike | None = None, command: s
 
 def _run(config: TrainConfig, resume, command: str, world: _Dist) -> Path:
     state = checkpoint.load(resume) if resume else None
+    # Fine-tuning (training.finetune): the source is read before anything is written.
+    source = finetune.load_source(config.init_from) if config.init_from and not state else None
+    if source and not config.image_size:
+        config = replace(config, image_size=source.preprocessing.input_size)
     record = state["dataset"] if state else data.record_for(
         config.data, seed=config.seed, train_size=config.train_size, val_size=config.val_size,
         input_size=config.image_size or models.native_input_size(config.arch), cifar_root=config.cifar_root or None)
@@ -168,16 +169,23 @@ def _run(config: TrainConfig, resume, command: str, world: _Dist) -> Path:
     val_set = data.build_dataset(record, "val")
     if not state:
         config = resolve(config, len(train_set), world.world)
+        config = finetune.resolve(config, len(train_set) // (config.batch_size * world.world))
     elif state["arch"] != config.arch:
         raise checkpoint.CheckpointError(f"{str(resume)!r} holds a {state['arch']} checkpoint, not {config.arch}")
     elif not config.max_steps:  # resuming with a new --epochs: the run's length in steps
         config = replace(config, max_steps=config.epochs * (len(train_set) // (config.batch_size * world.world)))
     pre = data.preprocessing_for(record, config.image_size)
+    if config.init_from:  # the source's preprocessing; a resumed fine-tuning run keeps its own
+        pre = finetune.preprocessing(source, config.image_size) if source else Preprocessing.from_dict(state["preprocessing"])
     out = Path(config.out)
     device, cuda = world.device, world.device.type == "cuda"
 
     torch.manual_seed(config.seed)
     model = models.build(config.arch, len(train_set.class_ids), config.zero_init_residual)
+    started_from = state.get("provenance", {}).get("init_from") if state else None
+    if source:
+        started_from = {**source.record, "head": finetune.apply(model, source, config.arch, train_set.class_ids)}
+    finetune.freeze_batchnorm(model, config)
     fmt = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=fmt)
     if config.amp and not cuda:  # see models.strided_convs_on_one_pixel: those run in fp32
@@ -185,7 +193,7 @@ def _run(config: TrainConfig, resume, command: str, world: _Dist) -> Path:
             _run_in_fp32(model.get_submodule(name))
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: finetune.lr_factor(step, config))
     amp_dtype = torch.bfloat16 if not cuda or config.amp_dtype == "bf16" else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp and cuda and amp_dtype == torch.float16)
 
@@ -201,6 +209,7 @@ def _run(config: TrainConfig, resume, command: str, world: _Dist) -> Path:
         scaler.load_state_dict(train_state["scaler"])
         _set_rng_state(train_state["rng"])
         step, best = train_state["step"], state["metrics"]
+    finetune.set_phase(model, config, step)
     net = DistributedDataParallel(model) if world.enabled else model
 
     sampler = _KeyedSampler(DistributedSampler(train_set, world.world, world.rank, shuffle=True,
@@ -221,20 +230,15 @@ def _run(config: TrainConfig, resume, command: str, world: _Dist) -> Path:
 
     def save(metrics: dict) -> Path:
         check_finite()
-        payload = {
-            "arch": config.arch, "num_classes": len(train_set.class_ids),
-            "class_ids": list(train_set.class_ids), "class_names": list(train_set.class_names),
-            "preprocessing": pre.to_dict(), "dataset": record, "config": config.to_dict(), "metrics": metrics,
-            "model": model.state_dict(),
-            "train_state": {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                            "scaler": scaler.state_dict(), "rng": _rng_state(), "step": step,
-                            "epoch": step // steps_per_epoch},
-            "provenance": {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                           "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
-                           "host": socket.gethostname(), "command": command or " ".join(sys.argv),
-                           "world_size": world.world, "device": device.type},
-        }
-        return checkpoint.save(payload, out / "checkpoint.pt")
+        return checkpoint.Checkpoint(
+            arch=config.arch, class_ids=train_set.class_ids, class_names=train_set.class_names, preprocessing=pre,
+            dataset=record, config=config.to_dict(), metrics=checkpoint.Metrics(**metrics), model=model.state_dict(),
+            train_state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "scaler": scaler.state_dict(), "rng": _rng_state(), "step": step,
+                         "epoch": step // steps_per_epoch},
+            provenance=checkpoint.Provenance.here(command or " ".join(sys.argv), world_size=world.world,
+                                                  device=device.type, init_from=started_from),
+        ).save(out / "checkpoint.pt")
 
     if world.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -247,9 +251,12 @@ def _run(config: TrainConfig, resume, command: str, world: _Dist) -> Path:
     while step < config.max_steps:
         epoch, skip = divmod(step, steps_per_epoch)
         sampler.start(epoch, skip * config.batch_size)
-        bar = Progress(f"epoch {epoch + 1}", steps_per_epoch, enabled=world.main)
+        bar = progress.bar(f"epoch {epoch + 1}", steps_per_epoch, enabled=world.main, unit="step")
+        bar.update(skip)  # a resumed epoch starts where it stopped
         window = [0.0, 0.0, 0, time.monotonic()]  # loss sum, hits, images, start
         for images, labels in train_loader:
+            if finetune.set_phase(model, config, step):  # the head phase is over: train every weight
+                net = DistributedDataParallel(model) if world.enabled else model
             images = images.to(device, non_blocking=True, memory_format=fmt)
             labels = labels.to(device, non_blocking=True)
             with autocast():
@@ -270,7 +277,8 @@ def _run(config: TrainConfig, resume, command: str, world: _Dist) -> Path:
                 stats = {"loss": window[0] / window[2], "acc": 100 * window[1] / window[2],
                          "img_per_s": window[2] * world.world / seconds, "lr": optimizer.param_groups[0]["lr"]}
                 check_finite()  # a bad weight can hide behind a finite loss: stop early, name it
-                bar.update(done, **stats)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items()}, refresh=False)
+                bar.update(done - bar.n)
                 if world.main:
                     _log(out, {"event": "train", "epoch": epoch + 1, "step": step, **stats})
                 window = [0.0, 0.0, 0, time.monotonic()]

@@ -58,6 +58,7 @@ def test_raw_onnx_runtime_is_swept_from_batch_1_to_the_service_maximum(bench_run
     assert [p["batch"] for p in results["raw"]] == [1, 2, 4]
     assert all(p["images_per_s"] > 0 and p["runs"] >= 3 for p in results["raw"])
     assert results["meta"]["serve_config"]["max_batch_size"] == str(MAX_BATCH)
+    assert "git_commit" in results["meta"]  # the code that was measured (None outside a git checkout)
     assert set(results["decode_ms"]["resnet18"]) == set(payloads.KINDS)
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from torchvision import transforms as T
 
 from artifact import Preprocessing
 from training import checkpoint, data, models
@@ -23,9 +24,19 @@ def reduced_models_dir(tiny_checkpoints, tmp_path_factory) -> Path:
     return out
 
 
+def pixel_input(pre: Preprocessing) -> Preprocessing:
+    """The input resnet-export gives a graph by default (issue 16): uint8 RGB pixels, NHWC."""
+    return replace(pre, input_dtype="uint8", layout="NHWC")
+
+
 @pytest.fixture(scope="session")
 def torch_reference():
-    """checkpoint path -> (eval-mode torch network, val images float32 NCHW, val labels)."""
+    """checkpoint path -> (eval-mode torch network taking uint8 NHWC pixels, val pixels, val labels).
+
+    The pixels come from torchvision's Resize + CenterCrop, independently of the exporter's own
+    image path; the network is the checkpoint's behind export.graph.PixelInput."""
+    from export.graph import with_input
+
     cache: dict[Path, tuple] = {}
 
     def load(path: Path):
@@ -33,12 +44,13 @@ def torch_reference():
             payload = checkpoint.load(path)
             net = models.build(payload["arch"], payload["num_classes"])
             net.load_state_dict(payload["model"])
-            pre = Preprocessing.from_dict(payload["preprocessing"])
-            val = data.build_dataset(payload["dataset"], "val", data.eval_transform(pre))
+            pre = pixel_input(Preprocessing.from_dict(payload["preprocessing"]))
+            crop = T.Compose([T.Resize(pre.resize_size, T.InterpolationMode(pre.interpolation)), T.CenterCrop(pre.input_size)])
+            val = data.build_dataset(payload["dataset"], "val", crop)
             pairs = [val[i] for i in range(len(val))]
-            images = torch.stack([image for image, _ in pairs]).numpy()
+            images = np.stack([np.asarray(image.convert("RGB")) for image, _ in pairs])
             labels = np.array([label for _, label in pairs])
-            cache[path] = (net.eval(), images, labels)
+            cache[path] = (with_input(net, pre), images, labels)
         return cache[path]
 
     return load

@@ -13,10 +13,10 @@ def _predict(path, images: np.ndarray) -> np.ndarray:
     return np.concatenate([sess.run(None, {"input": images[i : i + 64]})[0] for i in range(0, len(images), 64)])
 
 
-def test_fp16_keeps_float32_io_and_stores_float16_weights(reduced_models_dir):
+def test_fp16_keeps_uint8_input_float32_output_and_stores_float16_weights(reduced_models_dir):
     model = onnx.load(reduced_models_dir / "resnet20-fp16" / "model.onnx")
     io_types = [v.type.tensor_type.elem_type for v in (*model.graph.input, *model.graph.output)]
-    assert io_types == [TensorProto.FLOAT, TensorProto.FLOAT]
+    assert io_types == [TensorProto.UINT8, TensorProto.FLOAT]
     conv_weights = {n.input[1] for n in model.graph.node if n.op_type == "Conv"}
     kinds = {t.data_type for t in model.graph.initializer if t.name in conv_weights}
     assert len(conv_weights) == 19 and kinds == {TensorProto.FLOAT16}  # every conv of resnet20 (6n+1, n=3)

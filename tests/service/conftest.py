@@ -27,8 +27,10 @@ from PIL import Image, ImageOps
 
 from artifact import ModelCard
 
-IMAGES = Path(__file__).resolve().parents[2].parent / "shared" / "images"
-PHOTOS = ("motorcycle_right.png", "color.png", "coins.png")
+from bench import photos
+
+IMAGES = photos.folder()  # real photos from scikit-image's wheel, never from outside the repository
+PHOTOS = photos.PHOTOS
 
 
 def _resnet_serve() -> list[str]:

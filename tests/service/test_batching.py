@@ -34,10 +34,8 @@ def run(coroutine):
 def test_a_full_batch_goes_without_waiting_for_the_delay():
     async def main():
         fn = Recorder()
-        batcher = Batcher(fn, max_batch_size=4, max_delay_s=3600, queue_size=100)
-        batcher.start()
-        results = await asyncio.gather(*(batcher.submit([i]) for i in range(8)))
-        await batcher.close()
+        async with Batcher(fn, max_batch_size=4, max_delay_s=3600, queue_size=100) as batcher:
+            results = await asyncio.gather(*(batcher.submit([i]) for i in range(8)))
         return fn.batches, results
 
     batches, results = run(main())
@@ -48,10 +46,8 @@ def test_a_full_batch_goes_without_waiting_for_the_delay():
 def test_a_partial_batch_goes_once_the_delay_has_passed():
     async def main():
         fn = Recorder()
-        batcher = Batcher(fn, max_batch_size=64, max_delay_s=0.02, queue_size=100)
-        batcher.start()
-        results = await asyncio.gather(*(batcher.submit([i]) for i in range(3)))
-        await batcher.close()
+        async with Batcher(fn, max_batch_size=64, max_delay_s=0.02, queue_size=100) as batcher:
+            results = await asyncio.gather(*(batcher.submit([i]) for i in range(3)))
         return fn.batches, results
 
     batches, results = run(main())
@@ -62,11 +58,9 @@ def test_a_partial_batch_goes_once_the_delay_has_passed():
 def test_each_caller_gets_its_own_results_in_order():
     async def main():
         fn = Recorder()
-        batcher = Batcher(fn, max_batch_size=5, max_delay_s=0.01, queue_size=100)
-        batcher.start()
-        uploads = [list(range(10 * i, 10 * i + n)) for i, n in enumerate((3, 1, 4, 2, 6))]
-        results = await asyncio.gather(*(batcher.submit(u) for u in uploads))
-        await batcher.close()
+        async with Batcher(fn, max_batch_size=5, max_delay_s=0.01, queue_size=100) as batcher:
+            uploads = [list(range(10 * i, 10 * i + n)) for i, n in enumerate((3, 1, 4, 2, 6))]
+            results = await asyncio.gather(*(batcher.submit(u) for u in uploads))
         return fn.batches, uploads, results
 
     batches, uploads, results = run(main())
@@ -79,10 +73,8 @@ def test_each_caller_gets_its_own_results_in_order():
 def test_a_failing_batch_fails_exactly_its_own_callers():
     async def main():
         fn = Recorder(fail_on=13)
-        batcher = Batcher(fn, max_batch_size=2, max_delay_s=3600, queue_size=100)
-        batcher.start()
-        outcomes = await asyncio.gather(*(batcher.submit([x]) for x in (1, 2, 13, 4, 5, 6)), return_exceptions=True)
-        await batcher.close()
+        async with Batcher(fn, max_batch_size=2, max_delay_s=3600, queue_size=100) as batcher:
+            outcomes = await asyncio.gather(*(batcher.submit([x]) for x in (1, 2, 13, 4, 5, 6)), return_exceptions=True)
         return fn.batches, outcomes
 
     batches, outcomes = run(main())
@@ -96,10 +88,8 @@ def test_a_batch_function_returning_the_wrong_count_is_an_error_for_that_batch()
         return items[:-1]
 
     async def main():
-        batcher = Batcher(short, max_batch_size=2, max_delay_s=3600, queue_size=10)
-        batcher.start()
-        outcomes = await asyncio.gather(batcher.submit([1]), batcher.submit([2]), return_exceptions=True)
-        await batcher.close()
+        async with Batcher(short, max_batch_size=2, max_delay_s=3600, queue_size=10) as batcher:
+            outcomes = await asyncio.gather(batcher.submit([1]), batcher.submit([2]), return_exceptions=True)
         return outcomes
 
     outcomes = run(main())
@@ -110,18 +100,16 @@ def test_a_full_queue_refuses_at_once_with_retry_after():
     async def main():
         gate = asyncio.Event()
         fn = Recorder(pause=gate)
-        batcher = Batcher(fn, max_batch_size=2, max_delay_s=0, queue_size=3)
-        batcher.start()
-        running = asyncio.ensure_future(batcher.submit([1, 2]))  # taken into a batch that waits on the gate
-        while not fn.batches:
+        async with Batcher(fn, max_batch_size=2, max_delay_s=0, queue_size=3) as batcher:
+            running = asyncio.ensure_future(batcher.submit([1, 2]))  # taken into a batch that waits on the gate
+            while not fn.batches:
+                await asyncio.sleep(0)
+            queued = asyncio.ensure_future(batcher.submit([3, 4, 5]))  # fills the queue of 3
             await asyncio.sleep(0)
-        queued = asyncio.ensure_future(batcher.submit([3, 4, 5]))  # fills the queue of 3
-        await asyncio.sleep(0)
-        with pytest.raises(Overloaded) as refused:
-            await batcher.submit([6])
-        gate.set()
-        results = await asyncio.gather(running, queued)
-        await batcher.close()
+            with pytest.raises(Overloaded) as refused:
+                await batcher.submit([6])
+            gate.set()
+            results = await asyncio.gather(running, queued)
         return refused.value, results
 
     error, results = run(main())
@@ -134,17 +122,15 @@ def test_items_past_their_deadline_fail_without_running():
     async def main():
         gate = asyncio.Event()
         fn = Recorder(pause=gate)
-        batcher = Batcher(fn, max_batch_size=1, max_delay_s=0, queue_size=10)
-        batcher.start()
-        loop = asyncio.get_running_loop()
-        first = asyncio.ensure_future(batcher.submit([1]))
-        while not fn.batches:
-            await asyncio.sleep(0)
-        late = asyncio.ensure_future(batcher.submit([2], deadline=loop.time() + 0.01))
-        await asyncio.sleep(0.05)  # the deadline passes while [1] holds the batcher
-        gate.set()
-        outcomes = await asyncio.gather(first, late, return_exceptions=True)
-        await batcher.close()
+        async with Batcher(fn, max_batch_size=1, max_delay_s=0, queue_size=10) as batcher:
+            loop = asyncio.get_running_loop()
+            first = asyncio.ensure_future(batcher.submit([1]))
+            while not fn.batches:
+                await asyncio.sleep(0)
+            late = asyncio.ensure_future(batcher.submit([2], deadline=loop.time() + 0.01))
+            await asyncio.sleep(0.05)  # the deadline passes while [1] holds the batcher
+            gate.set()
+            outcomes = await asyncio.gather(first, late, return_exceptions=True)
         return fn.batches, outcomes
 
     batches, outcomes = run(main())
@@ -157,17 +143,15 @@ def test_a_caller_that_gave_up_is_skipped():
     async def main():
         gate = asyncio.Event()
         fn = Recorder(pause=gate)
-        batcher = Batcher(fn, max_batch_size=1, max_delay_s=0, queue_size=10)
-        batcher.start()
-        first = asyncio.ensure_future(batcher.submit([1]))
-        while not fn.batches:
-            await asyncio.sleep(0)
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(batcher.submit([2]), timeout=0.01)
-        kept = asyncio.ensure_future(batcher.submit([3]))
-        gate.set()
-        results = await asyncio.gather(first, kept)
-        await batcher.close()
+        async with Batcher(fn, max_batch_size=1, max_delay_s=0, queue_size=10) as batcher:
+            first = asyncio.ensure_future(batcher.submit([1]))
+            while not fn.batches:
+                await asyncio.sleep(0)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(batcher.submit([2]), timeout=0.01)
+            kept = asyncio.ensure_future(batcher.submit([3]))
+            gate.set()
+            results = await asyncio.gather(first, kept)
         return fn.batches, results
 
     batches, results = run(main())
@@ -201,16 +185,14 @@ def test_a_partial_batch_goes_at_once_when_nothing_else_is_on_its_way():
     async def main():
         fn = Recorder()
         on_its_way = [1]  # one more item is still "decoding" upstream
-        batcher = Batcher(fn, max_batch_size=8, max_delay_s=3600, queue_size=10, incoming=lambda: on_its_way[0])
-        batcher.start()
-        first = asyncio.ensure_future(batcher.submit([1]))
-        await asyncio.sleep(0.05)
-        assert fn.batches == []  # waits: the hint says another item is coming
-        on_its_way[0] = 0
-        second = asyncio.ensure_future(batcher.submit([2]))  # it arrives; nothing else is coming
-        results = await asyncio.gather(first, second)
-        alone = await batcher.submit([3])  # concurrency 1: no wait at all, despite the hour's delay
-        await batcher.close()
+        async with Batcher(fn, max_batch_size=8, max_delay_s=3600, queue_size=10, incoming=lambda: on_its_way[0]) as batcher:
+            first = asyncio.ensure_future(batcher.submit([1]))
+            await asyncio.sleep(0.05)
+            assert fn.batches == []  # waits: the hint says another item is coming
+            on_its_way[0] = 0
+            second = asyncio.ensure_future(batcher.submit([2]))  # it arrives; nothing else is coming
+            results = await asyncio.gather(first, second)
+            alone = await batcher.submit([3])  # concurrency 1: no wait at all, despite the hour's delay
         return fn.batches, results, alone
 
     batches, results, alone = run(main())
@@ -222,14 +204,27 @@ def test_nudge_releases_a_batch_whose_expected_item_will_not_come():
     async def main():
         fn = Recorder()
         on_its_way = [1]
-        batcher = Batcher(fn, max_batch_size=8, max_delay_s=3600, queue_size=10, incoming=lambda: on_its_way[0])
-        batcher.start()
-        first = asyncio.ensure_future(batcher.submit([1]))
-        await asyncio.sleep(0.05)
-        on_its_way[0] = 0  # the other upload failed to decode
-        batcher.nudge()
-        result = await first
-        await batcher.close()
+        async with Batcher(fn, max_batch_size=8, max_delay_s=3600, queue_size=10, incoming=lambda: on_its_way[0]) as batcher:
+            first = asyncio.ensure_future(batcher.submit([1]))
+            await asyncio.sleep(0.05)
+            on_its_way[0] = 0  # the other upload failed to decode
+            batcher.nudge()
+            result = await first
         return fn.batches, result
 
     assert run(main()) == ([[1]], [2])
+
+
+def test_async_with_closes_the_batcher_even_when_its_body_fails():
+    async def main():
+        fn = Recorder()
+        with pytest.raises(KeyError):
+            async with Batcher(fn, max_batch_size=2, max_delay_s=3600, queue_size=10) as batcher:
+                pending = asyncio.ensure_future(batcher.submit([1]))
+                await asyncio.sleep(0)
+                raise KeyError("the body failed")
+        with pytest.raises(Overloaded):
+            await batcher.submit([2])
+        return await pending
+
+    assert run(main()) == [2]  # closing ran what was already queued

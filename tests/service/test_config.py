@@ -45,7 +45,8 @@ def test_flags_beat_environment_beat_defaults():
     assert config.models == Path("/env/models")
     assert config.max_batch_size == 12 and config.max_delay_ms == 7.5 and config.max_delay_s == 0.0075
     assert config.providers == ("cpu",)
-    assert config.port == 8000 and config.default_model == "resnet18" and config.max_body_bytes == 20_000_000
+    assert config.port == 8000 and config.default_model == "" and config.max_body_bytes == 20_000_000
+    assert config.ladder == ()  # empty: the default ladder, whose shallowest rung is the default model
     assert parse(["--models", "m", "--providers", "CUDA, cpu"], {}).providers == ("cuda", "cpu")
 
 
@@ -60,7 +61,7 @@ def test_zero_threads_means_every_available_cpu_and_the_cpus_shared_between_mode
 @pytest.mark.parametrize(
     "argv, env, message",
     [
-        ([], {}, "the models folder is required"),
+        ([], {}, "--models MODELS or RESNET_SERVE_MODELS is required"),
         (["--models", "m", "--port", "eighty"], {}, "--port must be an integer, got 'eighty'"),
         (
             ["--models", "m"],

@@ -51,7 +51,7 @@ def test_bad_input_is_one_line_exit_2_and_overwrites_nothing(tmp_path, trained, 
     fails_cleanly(["--resume", str(foreign), *keep], capsys, "is not a resnet-serving checkpoint")
     fails_cleanly(["--resume", str(trained), "--arch", "resnet18", *keep], capsys, "is a resnet20, not a resnet18")
     fails_cleanly(["--resume", str(trained), "--lr", "0.3", *keep], capsys, "lr 0.3 differs")
-    fails_cleanly(["--max-steps", "many", *keep], capsys, "invalid int value: 'many'")
+    fails_cleanly(["--max-steps", "many", *keep], capsys, "--max-steps must be an integer, got 'many'")
     fails_cleanly([*ARGS, "--lr-schedule", "linear", *keep], capsys, "lr_schedule must be one of")
     assert (out / "checkpoint.pt").read_bytes() == b"precious"
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt"]

@@ -1,11 +1,12 @@
 """Export cost and ONNX Runtime CPU throughput of fp32, fp16 and int8, measured side by side.
 
-    python -m export.benchmark CHECKPOINT [CHECKPOINT ...] --out results/export-bench
-    python -m export.benchmark results/models/checkpoints/resnet18.pt --batches 1 8 --rounds 5
+    python -m bench.precisions CHECKPOINT [CHECKPOINT ...] --out results/export-bench
+    python -m bench.precisions results/models/checkpoints/resnet18.pt --batches 1,8 --rounds 5
 
 For each checkpoint it runs resnet-export three times (fp32, fp16, int8) into OUT, timing each
 export end to end (trace, verification, calibration, write) and recording the file size. Then it
-loads every model into a CPU session and measures images/s at each batch size in interleaved rounds
+loads every model into a CPU session with the service's session options (service.runtime.session_options:
+the same threads, optimisation level and no spinning, so the figures compare with resnet-serve's) and measures images/s at each batch size in interleaved rounds
 (each round gives every model `--seconds` of back-to-back calls), reporting the median round, so a
 neighbour's burst of CPU use hits all models alike instead of whichever ran last. Results go to
 stdout as a table and to OUT/benchmark.json with the command and the machine.
@@ -16,7 +17,6 @@ shows the cost of its Cast nodes here; its speed-up belongs to the CUDA provider
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -25,25 +25,26 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 
-from artifact import ModelCard, write_atomically
+import cliconfig
+from artifact import PRECISIONS, ModelCard, git_commit, write_atomically
 from bench.machine import cpu_name
-
-PRECISIONS = ("fp32", "fp16", "int8")
+from service.config import ServeConfig
+from service import preprocess
+from service.runtime import session_options
 
 
 @dataclass(frozen=True)
-class BenchConfig:
+class PrecisionBenchConfig:
     """What to export and how long to measure."""
 
     checkpoints: tuple[Path, ...]  # resnet-train checkpoints, each exported in every precision
-    out: Path  # models folder for the exports and benchmark.json
+    out: Path = Path("results/export-bench")  # models folder for the exports and benchmark.json
     batches: tuple[int, ...] = (1, 8)  # batch sizes measured (issue 3: 1 and 8)
     rounds: int = 5  # interleaved measuring rounds; the median is reported
     seconds: float = 2.0  # wall time per model, batch size and round
-    threads: int = 0  # ONNX Runtime intra-op threads; 0 = its default (one per physical core)
+    threads: int = 0  # ONNX Runtime intra-op threads; 0 = one per available CPU, as resnet-serve
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class Row:
     spread: tuple[float, float]  # slowest and fastest round, images/s
 
 
-def export_all(config: BenchConfig) -> list[dict]:
+def export_all(config: PrecisionBenchConfig) -> list[dict]:
     """Export every checkpoint in every precision; returns name, precision, seconds, bytes per model."""
     from export.exporter import export_checkpoint
 
@@ -73,21 +74,18 @@ def export_all(config: BenchConfig) -> list[dict]:
 
 
 def _session(path: str, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    serving = ServeConfig(models=Path(path).parent.parent, providers=("cpu",), intra_op_threads=threads)
+    return ort.InferenceSession(path, session_options(serving), providers=["CPUExecutionProvider"])
 
 
-def measure(models: list[dict], config: BenchConfig) -> list[Row]:
+def measure(models: list[dict], config: PrecisionBenchConfig) -> list[Row]:
     """Interleaved rounds over every (model, batch); the median round's images/s per pair."""
     sessions, inputs = {}, {}
     for model in models:
         sess = _session(model["path"], config.threads)
         card = ModelCard.from_metadata(sess.get_modelmeta().custom_metadata_map)
-        size = card.preprocessing.input_size
         for batch in config.batches:
-            x = np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
+            x = preprocess.random_batch(card.preprocessing, batch)  # the model's own input dtype and layout
             sess.run(None, {card.input_name: x})  # warm-up: first call allocates and picks kernels
             sessions[model["name"], batch] = (sess, card.input_name)
             inputs[model["name"], batch] = x
@@ -118,22 +116,21 @@ def table(models: list[dict], rows: list[Row]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: python -m export.benchmark."""
-    p = argparse.ArgumentParser(prog="python -m export.benchmark", description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoints", nargs="+", type=Path)
-    p.add_argument("--out", type=Path, default=Path("results/export-bench"))
-    p.add_argument("--batches", type=int, nargs="+", default=list(BenchConfig.batches))
-    p.add_argument("--rounds", type=int, default=BenchConfig.rounds)
-    p.add_argument("--seconds", type=float, default=BenchConfig.seconds)
-    p.add_argument("--threads", type=int, default=BenchConfig.threads)
-    args = p.parse_args(argv)
-    config = BenchConfig(tuple(args.checkpoints), args.out, tuple(args.batches), args.rounds, args.seconds, args.threads)
+    """Entry point: python -m bench.precisions."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        config = PrecisionBenchConfig(**cliconfig.Parser(
+            PrecisionBenchConfig, prog="python -m bench.precisions", description=__doc__.split("\n\n")[0],
+            positional=("checkpoints",)).parse(argv))
+    except cliconfig.UsageError as error:
+        return cliconfig.fail("python -m bench.precisions", error)
     load_before = os.getloadavg()
     models = export_all(config)
     rows = measure(models, config)
     print(table(models, rows))
     report = {
-        "command": "python -m export.benchmark " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m bench.precisions " + " ".join(argv),
+        "git_commit": git_commit(),
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "onnxruntime": ort.__version__,
                     # other processes on the box skew every number alike; this says how busy it was
                     "load_average_before_after": [load_before, os.getloadavg()]},

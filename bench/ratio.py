@@ -1,0 +1,125 @@
+"""The service against raw ONNX Runtime at modest load (issue 16): `resnet-bench --rounds N`.
+
+    resnet-bench --models results/models --only resnet18,resnet18-int8,resnet152 --rounds 3
+    python -m bench.ratio --models results/models --rounds 3       # the same, without resnet-bench
+
+For each model, N rounds; each round times raw ONNX Runtime and then the service, back to back, so
+that whatever else shares the machine weighs on both alike:
+- raw: the model file in a session with ONNX Runtime's *default* options (every core, spinning
+  threads), on the `photo` payload as the model takes it (service.preprocess.prepare, done before
+  timing), at batch 1, 2, 4, 8, 16 and 32; its best batch is the round's reference. A weaker
+  reference would not make the service faster, so it stays the strongest one ORT offers.
+- service: resnet-serve (one process for the whole run, flags after `--`) under `concurrency`
+  closed-loop clients posting the same JPEG files, with the clients' own CPU beside it.
+The table gives the median over rounds of each, and the ratio of the medians.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from artifact import ModelCard
+from bench import servers
+from service import preprocess
+
+BATCHES = (1, 2, 4, 8, 16, 32)  # the issue's "best batch from 1 to 32"
+RATIO_PAYLOAD = "photo"  # the 500x375 JPEGs the issue's figures use
+
+
+@dataclass(frozen=True)
+class Round:
+    """One round of one model: raw ORT's best batch, then the service."""
+
+    model: str
+    raw_images_per_s: float  # raw ORT at its best batch this round
+    raw_best_batch: int
+    service_images_per_s: float
+    service_p50_ms: float | None
+    client_cpu_cores: float  # the load generator's CPU seconds per second
+    server_cpu_cores: float | None  # resnet-serve's
+    mean_batch: float | None  # the service's mean batch size over the window
+
+
+def raw_best(path: Path, files: list[Path], max_pixels: int, seconds: float) -> tuple[float, int]:
+    """Images per second of the model file at its best batch in BATCHES, with default session options."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # default options
+    card = ModelCard.from_metadata(session.get_modelmeta().custom_metadata_map)
+    images = [preprocess.prepare(f.read_bytes(), card.preprocessing, max_pixels) for f in files]
+    best = (0.0, 0)
+    for batch in BATCHES:
+        feed = {card.input_name: np.stack([images[i % len(images)] for i in range(batch)])}
+        session.run(None, feed)  # the first run of a shape allocates and picks kernels
+        runs, started = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds or runs < 2:
+            session.run(None, feed)
+            runs += 1
+        best = max(best, (batch * runs / elapsed, batch))
+    return round(best[0], 2), best[1]
+
+
+def measure(models: dict[str, Path], files: list[Path], url: str, pid: int | None, rounds: int, concurrency: int,
+            warmup_s: float, duration_s: float, raw_seconds: float, max_pixels: int,
+            say=lambda message: None) -> list[Round]:
+    """`rounds` interleaved rounds of raw ORT then the service, for each model in turn."""
+    results = []
+    for index in range(1, rounds + 1):
+        for name, path in models.items():
+            raw_speed, raw_batch = raw_best(path, files, max_pixels, raw_seconds)
+            load = servers.run_load(url, f"/classify?model={name}", files, concurrency, warmup_s, duration_s, pid)
+            results.append(Round(name, raw_speed, raw_batch, load["images_per_s"], load["p50_ms"],
+                                 load["client_cpu_cores"], load["server_cpu_cores"],
+                                 (load.get("batch_sizes") or {}).get(name)))
+            r = results[-1]
+            say(f"round {index}/{rounds} {name}: raw ORT {r.raw_images_per_s:.1f} img/s (batch {r.raw_best_batch}), "
+                f"service {r.service_images_per_s:.1f} img/s at c={concurrency} (x{r.service_images_per_s / r.raw_images_per_s:.2f}), "
+                f"client {r.client_cpu_cores:.2f} cores")
+    return results
+
+
+def summary(rounds: list[Round]) -> list[dict]:
+    """Per model: medians over rounds, the ratio of the medians, and the spread of the per-round ratios."""
+    rows = []
+    for name in dict.fromkeys(r.model for r in rounds):
+        mine = [r for r in rounds if r.model == name]
+        service = statistics.median(r.service_images_per_s for r in mine)
+        raw = statistics.median(r.raw_images_per_s for r in mine)
+        ratios = [r.service_images_per_s / r.raw_images_per_s for r in mine]
+        rows.append({"model": name, "rounds": len(mine), "service_images_per_s": round(service, 1),
+                     "raw_images_per_s": round(raw, 1), "ratio": round(service / raw, 2),
+                     "ratio_min": round(min(ratios), 2), "ratio_max": round(max(ratios), 2),
+                     "raw_best_batches": sorted({r.raw_best_batch for r in mine}),
+                     "client_cpu_cores": round(statistics.median(r.client_cpu_cores for r in mine), 2),
+                     "server_cpu_cores": _median([r.server_cpu_cores for r in mine]),
+                     "mean_batch": _median([r.mean_batch for r in mine])})
+    return rows
+
+
+def _median(values: list) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(statistics.median(known), 2) if known else None
+
+
+def table(rows: list[dict], concurrency: int) -> str:
+    """The markdown table of `summary`."""
+    lines = [f"| model | service img/s (c={concurrency}) | raw ONNX Runtime img/s (best batch) | ratio (range over rounds) "
+             "| service CPU cores | client CPU cores | mean batch |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        batches = ",".join(map(str, r["raw_best_batches"]))
+        lines.append(f"| {r['model']} | {r['service_images_per_s']} | {r['raw_images_per_s']} ({batches}) | "
+                     f"{r['ratio']:.2f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) | {r['server_cpu_cores']} | "
+                     f"{r['client_cpu_cores']} | {r['mean_batch']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    from bench.cli import main
+
+    sys.exit(main(["--rounds", "3", *sys.argv[1:]] if "--rounds" not in sys.argv else sys.argv[1:]))

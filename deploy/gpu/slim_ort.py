@@ -1,0 +1,105 @@
+"""Shrink the onnxruntime-gpu wheel to what one GPU architecture needs, so it fits the device's transfers.
+
+onnxruntime-gpu 1.31.1 (cp312) is a 256 MB wheel; its libonnxruntime_providers_cuda.so (284 MB)
+holds a fatbin of 218 MB with compiled kernels (cubins) for sm_75, 80, 86, 89, 90 and 120, each
+zstd-compressed. A GPU loads only the cubin of its own architecture (no PTX is shipped, so nothing
+else could run on it anyway). This script replaces every other cubin's payload with a zstd frame of
+zeros of the same decompressed size: the file keeps its layout (no relinking, every offset and
+header stays valid, cuobjdump still lists it) and the dropped bytes compress to nothing. It also
+leaves out the TensorRT provider. The result, a tar.zst of the `onnxruntime` package, is what
+deploy/gpu/device.sh unpacks on the device.
+
+    python deploy/gpu/slim_ort.py onnxruntime_gpu-1.31.1-cp312-*.whl --arch 90 --out ort-sm90.tar.zst
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import zipfile
+from functools import cache
+from pathlib import Path
+
+FATBIN_MAGIC = 0xBA55ED50
+CUBIN = 2  # entry kind: 1 = PTX, 2 = ELF (cubin)
+
+
+@cache
+def zero_frame(size: int) -> bytes:
+    """A zstd frame that decompresses to `size` zero bytes (a few dozen bytes)."""
+    return subprocess.run(["zstd", "-q", "-c", "-1"], input=bytes(size), capture_output=True, check=True).stdout
+
+
+def fatbin_section(path: Path) -> tuple[int, int]:
+    """File offset and size of the .nv_fatbin section (readelf, to avoid an ELF parser dependency)."""
+    out = subprocess.run(["readelf", "-S", "-W", str(path)], capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        if ".nv_fatbin" in line:
+            fields = line.split("]", 1)[1].split()
+            return int(fields[3], 16), int(fields[4], 16)
+    raise SystemExit(f"{path}: no .nv_fatbin section")
+
+
+def keep_only(data: bytearray, start: int, size: int, arch: int) -> tuple[int, int, list[int]]:
+    """Blank every cubin but `arch`'s in fatbins that have one; returns (blobs, bytes blanked, arches seen)."""
+    pos, end, blobs, blanked, seen = start, start + size, 0, 0, set()
+    while pos < end:
+        magic, _version, header, fat_size = struct.unpack_from("<IHHQ", data, pos)
+        if magic != FATBIN_MAGIC:  # 8-byte alignment padding between fatbins
+            pos += 8
+            continue
+        blobs += 1
+        entries, entry, blob_end = [], pos + header, pos + header + fat_size
+        while entry < blob_end:
+            kind, _, entry_header, payload = struct.unpack_from("<HHIQ", data, entry)
+            entry_arch = struct.unpack_from("<I", data, entry + 28)[0]
+            entries.append((kind, entry_arch, entry, entry_header, payload))
+            seen.add(entry_arch)
+            entry += entry_header + payload
+        if any(k == CUBIN and a == arch for k, a, *_ in entries):
+            for kind, entry_arch, at, entry_header, payload in entries:
+                if kind == CUBIN and entry_arch == arch:
+                    continue
+                # header fields: +16 compressed size (u32), +56 decompressed size (u64)
+                frame = zero_frame(struct.unpack_from("<Q", data, at + 56)[0])
+                body = at + entry_header
+                data[body:body + payload] = frame + bytes(payload - len(frame))
+                struct.pack_into("<I", data, at + 16, len(frame))
+                blanked += payload - len(frame)
+        pos = blob_end
+    return blobs, blanked, sorted(seen)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("wheel", type=Path)
+    p.add_argument("--arch", type=int, default=90, help="SM to keep (90 = Hopper: H100, H200)")
+    p.add_argument("--out", type=Path, required=True, help="the .tar.zst to write")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        with zipfile.ZipFile(args.wheel) as wheel:
+            wheel.extractall(root, [n for n in wheel.namelist() if n.startswith("onnxruntime/")])
+        (root / "onnxruntime/capi/libonnxruntime_providers_tensorrt.so").unlink(missing_ok=True)
+        lib = root / "onnxruntime/capi/libonnxruntime_providers_cuda.so"
+        data = bytearray(lib.read_bytes())
+        blobs, blanked, arches = keep_only(data, *fatbin_section(lib), args.arch)
+        lib.write_bytes(data)
+        print(f"{blobs} fatbins, architectures {arches}: blanked {blanked / 1e6:.0f} MB of cubins not for sm_{args.arch}")
+        tmp_out = args.out.with_suffix(".part")
+        tar = subprocess.Popen(["tar", "-C", str(root), "-cf", "-", "onnxruntime"], stdout=subprocess.PIPE)
+        with open(tmp_out, "wb") as sink:
+            subprocess.run(["zstd", "-q", "-6", "--long=27", "-T0", "-c"], stdin=tar.stdout, stdout=sink, check=True)
+        if tar.wait() != 0:
+            raise SystemExit("tar failed")
+        shutil.move(tmp_out, args.out)
+    print(f"wrote {args.out} ({args.out.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

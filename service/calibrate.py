@@ -1,0 +1,289 @@
+"""resnet-calibrate: measure the depth cascade's whole curve and choose model=auto's thresholds.
+
+    resnet-calibrate --models models --data synthetic          # the default models (make models)
+    resnet-calibrate --models models --data /data/imagenet     # its val/<wnid>/*.JPEG, published weights
+
+For each confidence signal (max_softmax, margin, entropy; service/cascade.py) and each threshold it
+measures the escalation rate, the cascade's top-1 and top-5 and the mean GFLOPs per image, beside
+each single model's point. The images (4000 by default: half a point of 500 images is only 2.5
+images) are split at random into a calibration half, on which the signal and threshold are chosen
+(the cheapest whose top-1 is within --max-accuracy-drop points of the best single model's), and a
+held-out half, on which the choice is reported, so over-fitting shows.
+
+The models run exactly as the service runs them: the service's preprocessing (service/preprocess.py
+`prepare`) and ONNX Runtime sessions (service/runtime.py), one threshold for every rung but the last.
+It writes MODELS/cascade.json (read by resnet-serve at start-up, service/cascade_file.py) and
+MODELS/cascade.png (accuracy against mean GFLOPs). GFLOPs are counted from the ONNX graph as
+torchvision counts them (multiply-adds of Conv, Gemm and MatMul: resnet18 1.81, resnet152 11.5 at
+224 px); that needs the `onnx` package. `--data synthetic` renders with training/synthetic.py, which
+imports torch: this command is its own process, and the server never imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from artifact import write_atomically
+from service import cascade_file, ladder as ladders, preprocess
+from service.cascade import SIGNALS
+from service.config import ServeConfig
+from service.runtime import LoadedModel, ModelLoadError, load_models
+
+
+class CalibrationError(ValueError):
+    """Input the calibrator cannot use; the message names it."""
+
+
+def gflops(path: Path) -> float:
+    """Multiply-adds per image, in billions, of Conv, Gemm and MatMul nodes (torchvision's "GFLOPS")."""
+    import onnx
+    from onnx import shape_inference
+
+    model = onnx.load(str(path))
+    for node in model.graph.input:  # batch 1, so shape inference gives every size
+        dims = node.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_value = 1
+    graph = shape_inference.infer_shapes(model).graph
+    shapes = {i.name: list(i.dims) for i in graph.initializer}
+    for info in [*graph.value_info, *graph.input, *graph.output]:
+        shapes[info.name] = [d.dim_value for d in info.type.tensor_type.shape.dim]
+    macs = 0
+    for node in graph.node:
+        op = node.op_type
+        weight_index = 3 if op == "QLinearConv" else 1
+        if op in ("Conv", "QLinearConv", "ConvInteger"):
+            out, weight = shapes.get(node.output[0]), shapes.get(node.input[weight_index])
+            if out and weight:
+                macs += int(np.prod(out[1:])) * int(np.prod(weight[1:]))
+        elif op in ("Gemm", "MatMul", "QLinearMatMul", "MatMulInteger"):
+            out, a = shapes.get(node.output[0]), shapes.get(node.input[0])
+            if out and a:
+                macs += int(np.prod(out)) * a[-1]
+    return macs / 1e9
+
+
+def synthetic_images(count: int, size: int, class_ids: tuple[str, ...], seed: int) -> tuple[list[bytes], np.ndarray]:
+    """The synthetic set's val split (never trained on), rendered at `size` and PNG-encoded."""
+    from training import synthetic  # imports torch's Dataset: only this command's process pays it
+
+    ids = [c[0] for c in synthetic.CLASSES]
+    if list(class_ids) != ids:
+        raise CalibrationError(f"--data synthetic has classes {ids[:3]}..., the ladder's have {class_ids[:3]}...")
+    payloads, labels = [], []
+    for index in range(count):
+        pixels, label = synthetic.render(seed, "val", index, size)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels, "RGB").save(buffer, "PNG")
+        payloads.append(buffer.getvalue())
+        labels.append(label)
+    return payloads, np.asarray(labels)
+
+
+def folder_images(root: Path, count: int, class_ids: tuple[str, ...], seed: int) -> tuple[list[bytes], np.ndarray]:
+    """Up to `count` images of an ImageNet-style folder (root/val/<class id>/*, or root/<class id>/*)."""
+    root = root / "val" if (root / "val").is_dir() else root
+    if not root.is_dir():
+        raise CalibrationError(f"--data {str(root)!r} is not 'synthetic' or a folder")
+    index = {class_id: i for i, class_id in enumerate(class_ids)}
+    files = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if folder.name not in index:
+            raise CalibrationError(f"{str(folder)!r}: {folder.name!r} is not one of the models' class ids")
+        files.extend((path, index[folder.name]) for path in sorted(folder.iterdir()) if path.is_file())
+    if not files:
+        raise CalibrationError(f"{str(root)!r} holds no <class id>/<image> files")
+    order = np.random.default_rng(seed).permutation(len(files))[:count]
+    return [files[i][0].read_bytes() for i in order], np.asarray([files[i][1] for i in order])
+
+
+def probabilities(model: LoadedModel, payloads: list[bytes], max_pixels: int, batch: int = 64) -> np.ndarray:
+    """[N, classes]: each image through the service's own preprocessing and ONNX Runtime session."""
+    prep, rows = model.card.preprocessing, []
+    for start in range(0, len(payloads), batch):
+        arrays = [preprocess.prepare(data, prep, max_pixels) for data in payloads[start : start + batch]]
+        rows.append(model.probabilities(np.stack(arrays)))
+    return np.concatenate(rows)
+
+
+def evaluate(probs: list[np.ndarray], labels: np.ndarray, costs: list[float], signal: str, threshold: float) -> dict:
+    """The cascade at one threshold: every rung but the last answers when its confidence >= threshold."""
+    answered = np.full(len(labels), len(probs) - 1)
+    undecided = np.ones(len(labels), dtype=bool)
+    for rung, p in enumerate(probs[:-1]):
+        stops = undecided & (SIGNALS[signal](p) >= threshold)
+        answered[stops], undecided = rung, undecided & ~stops
+    final = np.stack(probs)[answered, np.arange(len(labels))]
+    top5 = np.argsort(-final, axis=1)[:, :5]
+    shares = [float(np.mean(answered == r)) for r in range(len(probs))]
+    reached = [float(np.mean(answered >= r)) for r in range(len(probs))]
+    return {
+        "threshold": float(threshold),
+        "escalation_rate": round(reached[1] if len(probs) > 1 else 0.0, 5),
+        "share_per_rung": [round(s, 5) for s in shares],
+        "top1": round(100 * float(np.mean(final.argmax(axis=1) == labels)), 3),
+        "top5": round(100 * float(np.mean((top5 == labels[:, None]).any(axis=1))), 3),
+        "gflops": _significant(sum(c * r for c, r in zip(costs, reached))),
+    }
+
+
+def _significant(value: float) -> float:
+    return float(f"{value:.6g}")  # tiny test models cost 1e-8 GFLOPs: keep digits, not decimals
+
+
+def thresholds_for(probs: list[np.ndarray], signal: str) -> np.ndarray:
+    """A grid over the first rung's confidences (201 quantiles) plus the two ends: none and all escalate."""
+    values = SIGNALS[signal](probs[0])
+    return np.unique(np.concatenate([[0.0, 1.0 + 1e-6], np.quantile(values, np.linspace(0, 1, 201))]))
+
+
+def single(p: np.ndarray, labels: np.ndarray, cost: float) -> dict:
+    top5 = np.argsort(-p, axis=1)[:, :5]
+    top1 = round(100 * float(np.mean(p.argmax(axis=1) == labels)), 3)
+    return {"top1": top1, "top5": round(100 * float(np.mean((top5 == labels[:, None]).any(axis=1))), 3),
+            "gflops": _significant(cost)}  # fmt: skip
+
+
+def calibrate(probs: list[np.ndarray], labels: np.ndarray, costs: list[float], names, drop: float, seed: int) -> dict:
+    """Split, choose on the calibration half, report both halves; the cascade file's measured part."""
+    order = np.random.default_rng(seed).permutation(len(labels))
+    halves = {"calibration": order[: len(order) // 2], "held_out": order[len(order) // 2 :]}
+    parts = {h: ([p[idx] for p in probs], labels[idx]) for h, idx in halves.items()}
+    singles = {h: {n: single(p, y, c) for n, p, c in zip(names, ps, costs)} for h, (ps, y) in parts.items()}
+    curves = {
+        signal: {h: [evaluate(ps, y, costs, signal, t) for t in thresholds_for(parts["calibration"][0], signal)]
+                 for h, (ps, y) in parts.items()}
+        for signal in SIGNALS
+    }  # fmt: skip
+    best = max(s["top1"] for s in singles["calibration"].values())
+    candidates = [
+        (point["gflops"], -point["top1"], list(SIGNALS).index(signal), i)
+        for signal, curve in curves.items()
+        for i, point in enumerate(curve["calibration"])
+        if point["top1"] >= best - drop
+    ]
+    if not candidates:  # a middle rung is best and no shared threshold reaches it: take the most accurate
+        candidates = [
+            (-p["top1"], p["gflops"], list(SIGNALS).index(s), i)
+            for s, c in curves.items()
+            for i, p in enumerate(c["calibration"])
+        ]
+    _, _, signal, i = min(candidates)
+    signal = list(SIGNALS)[signal]
+    chosen = {h: curves[signal][h][i] for h in halves}
+    return {"signal": signal, "threshold": chosen["calibration"]["threshold"], "chosen": chosen,
+            "best_single_top1": best, "singles": singles, "curves": curves,
+            "split": {h: len(idx) for h, idx in halves.items()}}  # fmt: skip
+
+
+def plot(result: dict, names, path: Path) -> None:
+    """Held-out accuracy against mean GFLOPs: a curve per signal, the single models, the choice."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.4, 4.4))
+    for signal, curve in result["curves"].items():
+        points = sorted(curve["held_out"], key=lambda p: p["gflops"])
+        axes.plot([p["gflops"] for p in points], [p["top1"] for p in points], label=f"cascade, {signal}")
+    for name in names:
+        s = result["singles"]["held_out"][name]
+        axes.scatter([s["gflops"]], [s["top1"]], marker="s", zorder=3)
+        axes.annotate(name, (s["gflops"], s["top1"]), textcoords="offset points", xytext=(5, -12))
+    chosen = result["chosen"]["held_out"]
+    axes.scatter([chosen["gflops"]], [chosen["top1"]], marker="*", s=200, c="k", zorder=4,
+                 label=f"chosen: {result['signal']} >= {result['threshold']:.3g}")  # fmt: skip
+    axes.set(xlabel="mean GFLOPs per image", ylabel="top-1 %, held-out half", title="depth cascade")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    write_atomically(path, lambda f: figure.savefig(f, format="png", dpi=100, bbox_inches="tight"))
+    plt.close(figure)
+
+
+def table(result: dict, names) -> str:
+    """Markdown: each single model and the chosen cascade, on both halves."""
+    rows = ["| | half | top-1 % | top-5 % | mean GFLOPs | escalated |", "|---|---|---|---|---|---|"]
+    for half in ("calibration", "held_out"):
+        for name in names:
+            s = result["singles"][half][name]
+            rows.append(f"| {name} alone | {half} | {s['top1']:.2f} | {s['top5']:.2f} | {s['gflops']:.4g} | |")
+        c = result["chosen"][half]
+        rows.append(f"| auto ({result['signal']} >= {result['threshold']:.4g}) | {half} | {c['top1']:.2f} | "
+                    f"{c['top5']:.2f} | {c['gflops']:.4g} | {100 * c['escalation_rate']:.1f}% |")  # fmt: skip
+    return "\n".join(rows)
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Parse flags, measure, write MODELS/cascade.json and MODELS/cascade.png; returns the file's data."""
+    parser = _Parser(prog="resnet-calibrate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", type=Path, required=True, help="the served models folder (resnet-export --out)")
+    parser.add_argument("--data", default="synthetic", help="'synthetic' or an ImageNet-style folder (its val/)")
+    parser.add_argument("--images", type=int, default=4000, help="images to measure, split in halves (default 4000)")
+    parser.add_argument("--max-accuracy-drop", type=float, default=0.5, help="top-1 points below the best single model")
+    parser.add_argument("--ladder", default="", help="as resnet-serve --ladder (default: its default ladder)")
+    parser.add_argument("--seed", type=int, default=0, help="which images and which split")
+    args = parser.parse_args(argv)
+    if args.images < 2 or args.max_accuracy_drop < 0:
+        raise CalibrationError(
+            f"need --images >= 2 and --max-accuracy-drop >= 0, got {args.images} and {args.max_accuracy_drop}"
+        )
+    config = ServeConfig(models=args.models, providers=("cpu",), decode_threads=1)
+    models = load_models(config)
+    names = tuple(n.strip() for n in args.ladder.split(",") if n.strip())
+    ladder = ladders.build(models, names)
+    rungs = [models[name] for name in ladder.rungs]
+    card = rungs[0].card
+    if args.data == "synthetic":
+        payloads, labels = synthetic_images(args.images, card.preprocessing.resize_size, card.class_ids, args.seed)
+    else:
+        payloads, labels = folder_images(Path(args.data), args.images, card.class_ids, args.seed)
+    costs = [gflops(model.path) for model in rungs]
+    probs = [probabilities(model, payloads, config.max_pixels) for model in rungs]
+    result = calibrate(probs, labels, costs, ladder.rungs, args.max_accuracy_drop, args.seed)
+    data = {
+        "format_version": cascade_file.FORMAT_VERSION,
+        "ladder": list(ladder.rungs),
+        "models": {m.name: {"sha256": cascade_file.file_sha256(m.path), "depth": m.card.depth,
+                            "precision": m.card.precision, "gflops": _significant(c)} for m, c in zip(rungs, costs)},
+        "signal": result["signal"],
+        "thresholds": [result["threshold"]] * (len(rungs) - 1),
+        "max_accuracy_drop": args.max_accuracy_drop,
+        "data": {"source": args.data, "images": len(labels), **result.pop("split")},
+        "command": "resnet-calibrate " + " ".join(sys.argv[1:] if argv is None else argv),
+        "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **result,
+    }  # fmt: skip
+    text = json.dumps(data, indent=1).encode()
+    write_atomically(args.models / cascade_file.FILENAME, lambda f: f.write(text))
+    plot(result, ladder.rungs, args.models / "cascade.png")
+    print(table(result, ladder.rungs))
+    print(f"wrote {args.models / cascade_file.FILENAME} and {args.models / 'cascade.png'}")
+    return data
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise CalibrationError(message)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command: one line on stderr and exit 2 for input it cannot use."""
+    try:
+        run(argv)
+    except (CalibrationError, ModelLoadError, ladders.LadderError, OSError) as error:
+        print(f"resnet-calibrate: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
