@@ -159,3 +159,12 @@ gpu-check: install
 
 gpu-pack:
 	deploy/gpu/pack.sh $(or $(DEST),.gpu)
+# --- robustness scenarios (issue 12): results and commands in docs/robustness.md ------------------
+# owner: robustness. Each scenario starts its own resnet-serve on the default models and writes
+# $(RESULTS)/scenarios/<scenario>.json; the soak also writes soak-memory.png. About 15 min in all.
+# `faults` swaps resnet18/model.onnx for resnet152's for a moment, and puts it back.
+.PHONY: bench-robustness
+bench-robustness: models
+	for s in two-models slow-clients faults; do \
+		$(BIN)/resnet-bench scenario $$s --models $(MODELS) --out $(RESULTS)/scenarios || exit 1; done
+	$(BIN)/resnet-bench scenario soak --models $(MODELS) --out $(RESULTS)/scenarios --duration-s 600 --clients 24

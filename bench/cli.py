@@ -34,7 +34,7 @@ from bench import raw, ratio, report, servers
 from bench.config import BenchConfig, BenchError, parse
 from bench.machine import cpu_name
 from service import config as serve_config
-from service.runtime import ModelLoadError, discover, load_model
+from service.runtime import ModelLoadError, discover, load_model, model_threads
 
 # The bench records each model's providers in results.json; the per-session CUDA-fallback warning of
 # service.runtime would only repeat on stderr what the service's own log says once.
@@ -48,6 +48,10 @@ def say(message: str, started: float = time.monotonic()) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the resnet-bench console script."""
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["scenario"]:  # issue 12's named scenarios
+        from bench import scenarios
+
+        return scenarios.main((sys.argv[1:] if argv is None else argv)[1:])
     try:
         config = parse(sys.argv[1:] if argv is None else argv)
         results = run(config, " ".join(["resnet-bench", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]))
@@ -200,8 +204,9 @@ def _baseline_runs(config: BenchConfig, cards: dict, files: dict, serving) -> li
     for model, card in cards.items():
         if card["precision"] != "fp32":
             continue  # eager PyTorch has no int8 path for these files: the baseline is the fp32 network
-        say(f"starting the PyTorch eager baseline for {model} ({serving.intra_op_threads} threads)")
-        with servers.start_baseline(Path(card["file"]), serving.intra_op_threads, config.out / "logs") as server:
+        threads = model_threads(serving, 1)  # the baseline runs one model, as each raw ORT point does
+        say(f"starting the PyTorch eager baseline for {model} ({threads} threads)")
+        with servers.start_baseline(Path(card["file"]), threads, config.out / "logs") as server:
             for kind in files:
                 for concurrency in config.baseline_concurrency:
                     result = servers.run_load(server.url, "/classify", files[kind], concurrency, config.warmup_s,

@@ -20,8 +20,8 @@ import uuid
 from contextlib import asynccontextmanager
 
 from litestar import Litestar, Request, Response, get, post
-from litestar.middleware import DefineMiddleware
 from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException, ValidationException
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.params import Parameter
 
@@ -44,10 +44,13 @@ _ERROR_RESPONSES = {
     for status, text in {
         400: "undecodable or corrupt image, or a malformed multipart body",
         404: "unknown model or depth (the body lists the available ones)",
+        408: "the body did not arrive within body_timeout_s (the connection is closed)",
         413: "body over max_body_bytes, image over max_pixels, or more than max_images files",
         415: "unsupported media type",
         422: "bad query parameter (top_k outside 1..num_classes, wrong type, model and depth disagree)",
-        503: "the model's queue is full, or the service is warming up (see Retry-After)",
+        431: "more than 100 headers, or over 16 KiB of them",
+        500: "the model's batching loop died (the service needs a restart), or inference failed",
+        503: "the model's queue is full, the read budget is taken, or the service is warming up (see Retry-After)",
         504: "the request waited past request_timeout_s or its budget_ms",
     }.items()
 }
@@ -210,7 +213,7 @@ async def live(request: Request) -> Response[schemas.Health]:
 
 @get("/health/ready", responses={503: ResponseSpec(schemas.Health, description="warming up, or a batching loop died")})
 async def ready(request: Request) -> Response[schemas.Health]:
-    """200 once every model is loaded and warm, 503 before."""
+    """200 once every model is loaded and warm, 503 before, and 503 if a batching loop died."""
     service = _service(request)
     return _health(service, "ready" if service.ready else "warming_up")
 

@@ -63,7 +63,8 @@ class ServeConfig:
     max_body_bytes: int = _opt(20_000_000, "largest request body, in bytes (413 beyond)")
     max_pixels: int = _opt(50_000_000, "largest image, in pixels (width x height), read from its header (413 beyond)")
     max_images: int = _opt(32, "most images in one multipart upload (413 beyond)")
-    intra_op_threads: int = _opt(0, "ONNX Runtime threads per inference; 0 = one per available CPU")
+    # 0 shares the cores out between the models (runtime.model_threads; issue 12, docs/robustness.md).
+    intra_op_threads: int = _opt(0, "ONNX Runtime threads per model; 0 = the available CPUs divided among the models")
     decode_threads: int = _opt(0, "threads decoding and preprocessing images; 0 = one per available CPU")
     request_timeout_s: float = _opt(30.0, "deadline of a request from arrival, in seconds (504 beyond)")
     providers: tuple[str, ...] = _opt(
@@ -132,8 +133,6 @@ class ServeConfig:
             )
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
-        if self.intra_op_threads == 0:
-            object.__setattr__(self, "intra_op_threads", available_cpus())
         if self.decode_threads == 0:
             object.__setattr__(self, "decode_threads", available_cpus())
 

@@ -179,7 +179,7 @@ async def _infer(
     request: Request, service: Service, pipeline: ModelPipeline, started: float, auto: bool
 ) -> tuple[Response, int]:
     config, card = service.config, pipeline.model.card
-    if not service.ready:
+    if not service.warm:  # a dead batcher is refused by admission.admit, with a 500 for its model only
         raise errors.NotReady()
     encoding = request.headers.get("content-encoding", "identity").lower()
     if encoding != "identity":

@@ -29,7 +29,9 @@ CLASSIFY_BODY = RequestBody(
     description="One image as the raw body, or multipart/form-data with one or more image files.",
     content={
         **{media: OpenAPIMediaType(schema=_BINARY) for media in sorted(MEDIA_TYPES)},
-        MULTIPART: OpenAPIMediaType(schema=_MULTIPART, encoding={"images": Encoding(content_type="image/*")}),
+        MULTIPART: OpenAPIMediaType(
+            schema=_MULTIPART, encoding={"images": Encoding(content_type=", ".join(sorted(MEDIA_TYPES)))}
+        ),
     },
 )
 

@@ -58,6 +58,7 @@ class ModelPipeline:
             model.name,
             incoming=lambda: self.decoding,
         )
+        self.decode_slots = asyncio.Semaphore(config.decode_threads)  # this model's decodes in the pool
         self.inflight = 0  # images admitted and not yet answered: decoding, queued or in a batch
         self.decoding = 0  # images admitted and not yet queued for the batcher
         self.batch_seconds = 0.0  # moving average of one batch's inference time, for Retry-After
@@ -116,9 +117,8 @@ class ModelPipeline:
             )
 
     async def _decode(self, payloads: list[bytes]) -> list[np.ndarray]:
-        loop = asyncio.get_running_loop()
         prep, limit = self.model.card.preprocessing, self.config.max_pixels
-        jobs = [loop.run_in_executor(self.decode_pool, _prepare, data, prep, limit) for data in payloads]
+        jobs = [self._decode_one(data, prep, limit) for data in payloads]
         results = await asyncio.gather(*jobs, return_exceptions=True)
         arrays = []
         for index, result in enumerate(results):
@@ -132,6 +132,14 @@ class ModelPipeline:
             self.metrics.preprocess.observe(seconds, self.model.name)
             arrays.append(array)
         return arrays
+
+    async def _decode_one(self, data: bytes, prep, limit: int):
+        # The decode pool is shared and first-in first-out: 32 clients flooding resnet152 queued their
+        # decodes ahead of a resnet18 request's, which then waited for all of them (issue 12). Each
+        # model may queue at most as many decodes as the pool has threads; the rest wait here, so
+        # another model's request waits for at most one round of decodes, not for a whole flood.
+        async with self.decode_slots:
+            return await asyncio.get_running_loop().run_in_executor(self.decode_pool, _prepare, data, prep, limit)
 
     def _infer(self, arrays: list[np.ndarray]):
         started = time.perf_counter()

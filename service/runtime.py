@@ -17,7 +17,7 @@ import onnxruntime as ort
 
 from artifact import ArtifactError, ModelCard
 from service import cuda
-from service.config import ServeConfig
+from service.config import ServeConfig, available_cpus
 
 log = logging.getLogger("service.runtime")
 
@@ -86,10 +86,22 @@ class LoadedModel:
         return time.perf_counter() - started
 
 
-def session_options(config: ServeConfig) -> ort.SessionOptions:
+def model_threads(config: ServeConfig, models: int) -> int:
+    """Intra-op threads for each of `models` sessions: the configured number, or the CPUs shared out.
+
+    Every session's pool defaulted to every core, so two busy models ran 2 x cores threads on the
+    cores, each batch slowed by the other's (issue 12: one resnet18 client's p50 went from 7 ms to
+    147-176 ms while 32 clients flooded resnet152). Disjoint shares isolate the models; a shared
+    inference lock would instead make a resnet18 request wait out a whole resnet152 batch.
+    Measurements: docs/robustness.md, section Two models at once.
+    """
+    return config.intra_op_threads or max(1, available_cpus() // max(1, models))
+
+
+def session_options(config: ServeConfig, threads: int | None = None) -> ort.SessionOptions:
     """Threads and optimisation for one session; one batch runs at a time per model (the batcher)."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = config.intra_op_threads
+    options.intra_op_num_threads = threads or model_threads(config, 1)
     # One batch at a time per model and a straight-line graph: inter-op parallelism has nothing to do.
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -160,11 +172,12 @@ def discover(models_dir: Path) -> list[Path]:
     return paths
 
 
-def load_model(path: Path, config: ServeConfig) -> LoadedModel:
+def load_model(path: Path, config: ServeConfig, threads: int | None = None) -> LoadedModel:
     """One session with its card, checked against the graph's real input and output."""
     requested = providers_with_options(config)
+    options = session_options(config, threads)
     try:
-        session = ort.InferenceSession(str(path), sess_options=session_options(config), providers=requested)
+        session = ort.InferenceSession(str(path), sess_options=options, providers=requested)
     except Exception as error:  # noqa: BLE001 - ORT raises its own types for bad files
         raise ModelLoadError(f"ONNX Runtime cannot load {str(path)!r}: {str(error).splitlines()[0]}") from None
     try:
@@ -204,8 +217,10 @@ def load_model(path: Path, config: ServeConfig) -> LoadedModel:
 def load_models(config: ServeConfig) -> dict[str, LoadedModel]:
     """Every model in config.models by its served name; the default model must be among them."""
     models: dict[str, LoadedModel] = {}
-    for path in discover(config.models):
-        model = load_model(path, config)
+    paths = discover(config.models)
+    threads = model_threads(config, len(paths))
+    for path in paths:
+        model = load_model(path, config, threads)
         if model.name in models:
             raise ModelLoadError(f"two files serve the name {model.name!r}: {models[model.name].path} and {path}")
         models[model.name] = model
@@ -215,11 +230,12 @@ def load_models(config: ServeConfig) -> dict[str, LoadedModel]:
         )
     for model in models.values():
         log.info(
-            "loaded %s (%s) from %s on %s",
+            "loaded %s (%s) from %s on %s, %d intra-op threads",
             model.name,
             model.card.precision,
             model.path,
             ", ".join(model.providers),
+            threads,
             extra={"model": model.name, "device": model.device, "providers": list(model.providers)},
         )
     return models

@@ -12,6 +12,7 @@ import pytest
 
 from service.cli import main
 from service.config import ConfigError, ServeConfig, available_cpus, parse
+from service.runtime import model_threads
 
 # The names the deploy manifests are written against (deploy/): they must not drift.
 STABLE_ENV = {
@@ -49,9 +50,12 @@ def test_flags_beat_environment_beat_defaults():
     assert parse(["--models", "m", "--providers", "CUDA, cpu"], {}).providers == ("cuda", "cpu")
 
 
-def test_zero_threads_means_every_available_cpu():
+def test_zero_threads_means_every_available_cpu_and_the_cpus_shared_between_models():
     config = parse(["--models", "m"], {})
-    assert config.intra_op_threads == config.decode_threads == available_cpus() >= 1
+    assert config.decode_threads == available_cpus() >= 1
+    assert config.intra_op_threads == 0  # resolved per model count by service.runtime.model_threads
+    assert model_threads(config, 1) == available_cpus() and model_threads(config, 2) == max(1, available_cpus() // 2)
+    assert model_threads(parse(["--models", "m", "--intra-op-threads", "3"], {}), 2) == 3
 
 
 @pytest.mark.parametrize(
