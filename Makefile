@@ -87,3 +87,10 @@ install-train: EXTRAS := [train]
 $(IMAGE_INSTALLS):
 	test -x $(INTO)/bin/python || $(PYTHON) -m venv $(INTO)
 	$(INTO)/bin/python -m pip install --no-cache-dir '.$(EXTRAS)'
+
+# --- the paper's experiments (training.paper, docs/paper.md) -------------------------------------
+# owner: training (issue 14). The small scale on one CPU thread; rerunning resumes. The paper's
+# CIFAR-10 scale wants a GPU: `resnet-train paper --scale paper --out results/paper-cifar`.
+.PHONY: paper
+paper: | install
+	OMP_NUM_THREADS=1 $(BIN)/resnet-train paper --scale small --out results/paper-small --device cpu
