@@ -103,7 +103,7 @@ def test_a_card_naming_an_input_the_graph_lacks(folder):
 
 def test_a_graph_whose_input_size_disagrees_with_the_card(folder):
     write_model(folder, "resized", _card("resized"), side=SIDE * 2)
-    assert f"expected float [batch, 3, {SIDE}, {SIDE}]" in refusal(folder)
+    assert f"but its card says float32 [batch, 3, {SIDE}, {SIDE}]" in refusal(folder)
 
 
 def test_two_files_serving_one_name(folder):

@@ -97,7 +97,8 @@ def test_import_torchvision_reads_the_hub_cache_through_the_weights_api(tmp_path
     assert state["arch"] == "resnet18" and state["num_classes"] == 1000
     assert state["class_ids"] == list(WNIDS) and state["class_names"][:2] == ["tench", "goldfish"]
     assert state["preprocessing"] == {"input_size": 224, "resize_size": 256, "mean": [0.485, 0.456, 0.406],
-                                      "std": [0.229, 0.224, 0.225], "interpolation": "bilinear"}
+                                      "std": [0.229, 0.224, 0.225], "interpolation": "bilinear",
+                                      "input_dtype": "float32", "layout": "NCHW"}
     assert state["metrics"]["val_top1"] == weights.meta["_metrics"]["ImageNet-1K"]["acc@1"]
     assert all(torch.equal(published[k], state["model"][k]) for k in published)
     assert "train_state" not in state

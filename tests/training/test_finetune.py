@@ -118,7 +118,8 @@ def test_torchvision_weights_name_loads_from_the_hub_cache_with_its_preprocessin
     state = checkpoint.load(out / "checkpoint.pt")
     assert state["arch"] == "resnet18" and state["class_names"] == list(CLASSES)
     assert state["preprocessing"] == {"input_size": 16, "resize_size": 18, "mean": list(IMAGENET_MEAN),
-                                      "std": list(IMAGENET_STD), "interpolation": "bilinear"}
+                                      "std": list(IMAGENET_STD), "interpolation": "bilinear",
+                                      "input_dtype": "float32", "layout": "NCHW"}
     assert state["config"]["finetune_bn"] == "frozen"  # auto, at 8 images per step
     weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
     assert state["provenance"]["init_from"] == {"kind": "torchvision", "spec": "resnet18:IMAGENET1K_V1",
