@@ -19,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 
+import msgspec
 import numpy as np
-from litestar import Request, Response, Router, get, post
+from litestar import MediaType, Request, Response, Router, get, post
+from litestar.openapi import ResponseSpec
 
 from service import admission, errors, uploads
 from service.oip_codec import (
@@ -38,6 +40,28 @@ EXTENSIONS = ["binary_tensor_data", "classification"]
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 _LOG_FIELDS = "resnet_serving.log_fields"  # the scope key app.RequestContext logs (app.py imports us)
 _INLINE_HEADER_BYTES = 65536  # a larger JSON header (pixels as JSON) is parsed in the decode pool
+
+
+class ErrorBody(msgspec.Struct):
+    """The protocol's error shape (inference_rest.md): a message, no code."""
+
+    error: str
+
+
+# The answers each route may give besides 200, declared for /schema (and Schemathesis, tests/service/test_fuzz.py).
+_ERRORS = {
+    400: "a malformed request: JSON, binary framing, names, datatypes, shapes, an undecodable image",
+    404: "unknown model or version",
+    413: "a body over max_body_bytes, more than max_images images, an image over max_pixels",
+    415: "a compressed body (Content-Encoding other than identity)",
+    503: "not ready, or the model's queue is full (see Retry-After)",
+    504: "no answer within the request's deadline",
+}
+_NOT_READY = ResponseSpec(None, description="not ready yet (see Retry-After); empty body")
+
+
+def _responses(*statuses: int) -> dict[int, ResponseSpec]:
+    return {status: ResponseSpec(ErrorBody, description=_ERRORS[status]) for status in statuses}
 
 
 def owns(path: str) -> bool:
@@ -124,7 +148,7 @@ async def server_metadata() -> dict:
     return {"name": "resnet-serve", "version": version, "extensions": EXTENSIONS}
 
 
-@get("/health/live")
+@get("/health/live", media_type=MediaType.TEXT)
 async def live() -> Response:
     """200 while the process answers."""
     return Response(b"", status_code=200)
@@ -134,27 +158,35 @@ def _ready(ok: bool) -> Response:
     return Response(b"", status_code=200 if ok else 503, headers=None if ok else {"Retry-After": "1"})
 
 
-@get("/health/ready")
+@get("/health/ready", media_type=MediaType.TEXT, responses={503: _NOT_READY})
 async def ready(request: Request) -> Response:
     """200 once every model is warm, 503 (Retry-After) before: as /health/ready."""
     return _ready(request.app.state.service.ready)
 
 
-@get(["/models/{name:str}", "/models/{name:str}/versions/{version:str}"])
+@get(["/models/{name:str}", "/models/{name:str}/versions/{version:str}"], responses=_responses(404))
 async def model_metadata(request: Request, name: str, version: str | None = None) -> dict:
     """Model metadata: versions, platform, inputs and outputs with datatype and shape."""
     pipeline = _resolve(request, name, version)
     return _auto_metadata(request, pipeline) if name == AUTO else _metadata(pipeline)
 
 
-@get(["/models/{name:str}/ready", "/models/{name:str}/versions/{version:str}/ready"])
+@get(
+    ["/models/{name:str}/ready", "/models/{name:str}/versions/{version:str}/ready"],
+    media_type=MediaType.TEXT,
+    responses={**_responses(404), 503: _NOT_READY},
+)
 async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
     """200 once this model is warm and the service ready, 503 before."""
     service = request.app.state.service
     return _ready(service.ready and _resolve(request, name, version).model.warm)
 
 
-@post(["/models/{name:str}/infer", "/models/{name:str}/versions/{version:str}/infer"], status_code=200)
+@post(
+    ["/models/{name:str}/infer", "/models/{name:str}/versions/{version:str}/infer"],
+    status_code=200,
+    responses=_responses(400, 404, 413, 415, 503, 504),
+)
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
     """Inference: images (BYTES) or pixels in, probabilities or top-k classifications out."""
     loop = asyncio.get_running_loop()
