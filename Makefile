@@ -128,13 +128,37 @@ $(IMAGENET_MODELS)/cascade.json: $(IMAGENET_MODELS)/resnet18/model.onnx $(IMAGEN
 
 serve-imagenet: imagenet-models $(if $(IMAGENET_VAL),$(IMAGENET_MODELS)/cascade.json)
 	$(BIN)/resnet-serve --models $(IMAGENET_MODELS) --host $(HOST) --port $(PORT)
+
 # --- fine-tuning (docs/finetuning.md) ----------------------------------------------------------
 # owner: training (finetune). The table of docs/finetuning.md: fine-tuning from a synthetic-set
-# model and from stand-in torchvision weights against from-scratch, 3 seeds (~30 min on a busy 2-core box).
+# model (3 whole-net lrs) and from stand-in torchvision weights against from-scratch, 3 seeds each
+# (15 runs of 90 steps, ~45 min on a busy 2-core box).
 .PHONY: finetune-compare
 finetune-compare: | install
 	OMP_NUM_THREADS=1 $(BIN)/python -m bench.finetune --out results/finetune --image-size 16 --steps 90 --source-steps 150
 
+# --- issue 16: the service's own cost per image (docs/performance-per-image.md) ---
+# prepare's CPU per image before/after, then the service against raw ONNX Runtime at 8 clients on the
+# bench's 224x224 models (built into $(RESULTS)/models on first use), 3 interleaved rounds.
+.PHONY: bench-per-image
+bench-per-image: install
+	$(BIN)/python -m bench.payloads $(RESULTS)/payloads
+	$(BIN)/python -m bench.prepare_cost $(RESULTS)/payloads --repeats 40
+	$(BIN)/python -m bench.models $(RESULTS)/models
+	$(BIN)/resnet-bench --models $(RESULTS)/models --only resnet18,resnet18-int8,resnet152 --rounds 3 \
+		--out $(RESULTS)/per-image
+# --- the GPU device check (bench/gpu_check.py, docs/gpu.md) ---------------------------------------
+# owner: gpu. On a machine with an NVIDIA GPU and onnxruntime-gpu: export, raw ONNX Runtime CUDA,
+# resnet-serve under resnet-bench, resnet50 training; about 4 minutes on an H200. Without a GPU it
+# says so in one line and exits 2. `gpu-pack` prepares what the lent-device calls carry.
+GPU_OUT ?= $(RESULTS)/gpu
+GPU_FLAGS ?=
+.PHONY: gpu-check gpu-pack
+gpu-check: install
+	$(BIN)/python -m bench.gpu_check --out $(GPU_OUT) $(GPU_FLAGS)
+
+gpu-pack:
+	deploy/gpu/pack.sh $(or $(DEST),.gpu)
 # --- robustness scenarios (issue 12): results and commands in docs/robustness.md ------------------
 # owner: robustness. Each scenario starts its own resnet-serve on the default models and writes
 # $(RESULTS)/scenarios/<scenario>.json; the soak also writes soak-memory.png. About 15 min in all.
@@ -144,3 +168,10 @@ bench-robustness: models
 	for s in two-models slow-clients faults; do \
 		$(BIN)/resnet-bench scenario $$s --models $(MODELS) --out $(RESULTS)/scenarios || exit 1; done
 	$(BIN)/resnet-bench scenario soak --models $(MODELS) --out $(RESULTS)/scenarios --duration-s 600 --clients 24
+
+# --- the paper's experiments (training.paper, docs/paper.md) -------------------------------------
+# owner: training (issue 14). The small scale on one CPU thread; rerunning resumes. The paper's
+# CIFAR-10 scale wants a GPU: `resnet-train paper --scale paper --out results/paper-cifar`.
+.PHONY: paper
+paper: | install
+	OMP_NUM_THREADS=1 $(BIN)/resnet-train paper --scale small --out results/paper-small --device cpu

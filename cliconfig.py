@@ -30,7 +30,7 @@ import tokenize
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 USAGE_ERROR = 2  # the exit status of bad input in every CLI here (DEVELOPERS.md)
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -137,12 +137,13 @@ class Parser:
     def _convert(self, f: dataclasses.Field, raw: Any, source: str) -> Any:
         kind, item = _unwrap(self.types[f.name])
         if isinstance(raw, list):  # a positional tuple: one value per argument
-            return tuple(self._convert_item(f, item, source) for item in raw)
+            return tuple(self._convert_item(f, value, source) for value in raw)
         if not isinstance(raw, str):  # a --flag/--no-flag switch: argparse already made it a bool
             return raw
         try:
             if kind is tuple:
-                return tuple(_scalar(item, part.strip()) for part in raw.split(f.metadata.get("sep", ",")) if part.strip())
+                parts = (part.strip() for part in raw.split(f.metadata.get("sep", ",")))
+                return tuple(_scalar(item, part) for part in parts if part)
             return _scalar(kind, raw)
         except ValueError:
             expected = _PLURALS.get(item, "comma-separated text") if kind is tuple else _NAMES.get(kind, "text")

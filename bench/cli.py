@@ -126,7 +126,8 @@ def _ratio_run(config: BenchConfig, command: str) -> dict:
         raise BenchError(f"--only names {sorted(missing)}, not in {str(models_dir)!r}; it has {sorted(paths)}")
     chosen = {name: paths[name] for name in (config.only or paths)}
     concurrency = config.concurrency[0] if len(config.concurrency) == 1 else 8
-    load = os.getloadavg()[0]
+    load_at_start = os.getloadavg()
+    load = load_at_start[0]
     if load > BUSY_LOAD:
         say(f"warning: 1-minute load average is {load:.2f} (> {BUSY_LOAD}): other work shares the cores")
     files = payload_files.build(config.out / "payloads", (ratio.RATIO_PAYLOAD,))[ratio.RATIO_PAYLOAD]
@@ -140,7 +141,7 @@ def _ratio_run(config: BenchConfig, command: str) -> dict:
         server.stop()
     rows = ratio.summary(rounds)
     meta = {**_meta(config, command, serving, manifest), "concurrency": concurrency,
-            "load_average_end": os.getloadavg()}
+            "load_average_start": load_at_start, "load_average_end": os.getloadavg()}
     results = {"meta": meta, "rounds": [asdict(r) for r in rounds], "summary": rows}
     config.out.mkdir(parents=True, exist_ok=True)
     write_atomically(config.out / "ratio.json", lambda f: f.write(json.dumps(results, indent=1).encode()))

@@ -7,7 +7,7 @@ protocols against one resnet-serve process, so drift in the machine's load hits 
 table gives each protocol's mean and range over the rounds and the ratio of the means.
 
     python -m bench.oip_compare --out results/oip     # builds the bench's resnet18 fp32 224 px model
-    python -m bench.oip_compare --models results/oip-models --rounds 3 --duration-s 10
+    python -m bench.oip_compare --models results/oip-models --rounds 3 --duration-s 10 -- --providers cpu
 """
 
 from __future__ import annotations
@@ -27,13 +27,14 @@ TARGET = 0.95  # OIP throughput / /classify throughput, at least (issue 11)
 MODEL = "resnet18"
 
 
-def run(models: Path, out: Path, concurrency: int, rounds: int, warmup_s: float, duration_s: float) -> dict:
+def run(models: Path, out: Path, concurrency: int, rounds: int, warmup_s: float, duration_s: float,
+        serve_args: tuple[str, ...] = ()) -> dict:
     """Alternating rounds of /classify and OIP load; the per-run results and the summary."""
     files = payloads.build(out / "payloads", ("photo",))["photo"]
     paths = {"classify": f"/classify?model={MODEL}", "oip": oip.path(MODEL)}
     runs = []
     load_start = os.getloadavg()
-    with servers.start_service(models, MODEL, (), out / "logs") as server:
+    with servers.start_service(models, MODEL, serve_args, out / "logs") as server:
         for round_ in range(rounds):
             order = ("classify", "oip") if round_ % 2 == 0 else ("oip", "classify")
             for protocol in order:
@@ -54,7 +55,7 @@ def run(models: Path, out: Path, concurrency: int, rounds: int, warmup_s: float,
         "command": " ".join(["python -m bench.oip_compare", *sys.argv[1:]]),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "load_average_start": load_start, "load_average_end": os.getloadavg(),
-        "model": MODEL, "concurrency": concurrency, "runs": runs, "summary": summary,
+        "model": MODEL, "concurrency": concurrency, "serve_args": list(serve_args), "cpus": os.cpu_count(), "runs": runs, "summary": summary,
         "oip_over_classify": round(ratio, 3), "target": TARGET, "holds": ratio >= TARGET,
     }  # fmt: skip
 
@@ -77,14 +78,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds; each measures both protocols (default 3)")
     parser.add_argument("--warmup-s", type=float, default=3.0)
     parser.add_argument("--duration-s", type=float, default=10.0)
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    serve_args = argv[argv.index("--") + 1 :] if "--" in argv else []  # after `--`: resnet-serve's flags
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     models = args.models
     if models is None:
         from bench import models as bench_models  # torch and the exporter: only when building
 
         models = args.out / "models"
         bench_models.build(models, archs=(MODEL,), precisions=("fp32",))
-    results = run(models, args.out, args.concurrency, args.rounds, args.warmup_s, args.duration_s)
+    results = run(models, args.out, args.concurrency, args.rounds, args.warmup_s, args.duration_s, tuple(serve_args))
     write_atomically(args.out / "results.json", lambda f: f.write((json.dumps(results, indent=2) + "\n").encode()))
     print(table(results))
     return 0

@@ -77,8 +77,9 @@ def measure(models: dict[str, Path], files: list[Path], url: str, pid: int | Non
                                  load["client_cpu_cores"], load["server_cpu_cores"],
                                  (load.get("batch_sizes") or {}).get(name)))
             r = results[-1]
+            share = r.service_images_per_s / r.raw_images_per_s
             say(f"round {index}/{rounds} {name}: raw ORT {r.raw_images_per_s:.1f} img/s (batch {r.raw_best_batch}), "
-                f"service {r.service_images_per_s:.1f} img/s at c={concurrency} (x{r.service_images_per_s / r.raw_images_per_s:.2f}), "
+                f"service {r.service_images_per_s:.1f} img/s at c={concurrency} (x{share:.2f}), "
                 f"client {r.client_cpu_cores:.2f} cores")
     return results
 

@@ -1,98 +1,81 @@
-"""Prometheus metrics in the text exposition format (version 0.0.4), written by hand.
+"""The service's Prometheus metrics, through prometheus-client (the standard Python client).
 
-Four small types are all the service needs, so it carries no client library. Every observation is
-made on the event loop thread (timings measured in worker threads are handed back first), so no
-locks are needed.
+The metric names are the ones dashboards use; the small classes below keep the call sites of the
+hand-written version (`counter.inc(*labels)`, `histogram.observe(value, *labels)`, a gauge read at
+scrape time from a callback), so adding a metric is one line in `Metrics.__init__` plus `self.all`.
+Each `Metrics` has its own registry: several apps in one process (tests) do not share series.
+Observations happen on the event loop thread, and they cost more than the hand-written version's:
+`python -m bench.metrics_cost` on the shared 2-core box (load average ~17, so slow for both) gave
+9.5 us per counter increment and 21 us per histogram observation, against 2.9 and 4.2 us for the
+hand-written classes in the same minutes. About five calls per image make ~0.1 ms, under 1% of the
+~10+ ms that decoding and a 224x224 resnet18 inference take per image on that box.
 """
 
 from __future__ import annotations
 
-import bisect
-import math
 from typing import Callable, Iterable
 
+import prometheus_client
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+# The text format 0.0.4, which prometheus-client writes for these names (plain ASCII, no escaping).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds: 0.5 ms to 30 s, roughly x2.5 per step, enough to tell queueing from inference.
 SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # Confidence signals lie in [0, 1]; the cascade's thresholds usually sit in the upper half.
 CONFIDENCE = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)
 
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(names: tuple[str, ...], values: tuple[str, ...], extra: str = "") -> str:
-    parts = [f'{n}="{_escape(str(v))}"' for n, v in zip(names, values)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
+# No `<name>_created` series per label set: the hand-written exposition had none, and dashboards
+# built on it do not expect them.
+prometheus_client.disable_created_metrics()
 
 
-def _number(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
+def _child(metric, labels: tuple[str, ...]):
+    # .labels() validates and locks on every call; the service's label sets are few and fixed.
+    return metric.labels(*labels) if labels else metric
 
 
 class Counter:
     """A monotonically increasing count per label set."""
 
-    kind = "counter"
-
     def __init__(self, name: str, help: str, labels: tuple[str, ...] = ()) -> None:
         self.name, self.help, self.labels = name, help, labels
-        self.values: dict[tuple[str, ...], float] = {}
+        self.collector = prometheus_client.Counter(name, help, labels, registry=None)
+        self.children: dict[tuple[str, ...], prometheus_client.Counter] = {}
 
     def inc(self, *labels: str, amount: float = 1.0) -> None:
-        self.values[labels] = self.values.get(labels, 0.0) + amount
-
-    def samples(self) -> Iterable[str]:
-        for key, value in sorted(self.values.items()):
-            yield f"{self.name}{_labels(self.labels, key)} {_number(value)}"
-
-
-class Gauge:
-    """A value read at scrape time from a callback returning {label values: value}."""
-
-    kind = "gauge"
-
-    def __init__(self, name: str, help: str, labels: tuple[str, ...], read: Callable[[], dict]) -> None:
-        self.name, self.help, self.labels, self.read = name, help, labels, read
-
-    def samples(self) -> Iterable[str]:
-        for key, value in sorted(self.read().items()):
-            yield f"{self.name}{_labels(self.labels, key)} {_number(value)}"
+        child = self.children.get(labels) or self.children.setdefault(labels, _child(self.collector, labels))
+        child.inc(amount)
 
 
 class Histogram:
     """Cumulative bucket counts, sum and count per label set."""
 
-    kind = "histogram"
-
     def __init__(
         self, name: str, help: str, labels: tuple[str, ...] = (), buckets: tuple[float, ...] = SECONDS
     ) -> None:
         self.name, self.help, self.labels = name, help, labels
-        self.buckets = tuple(sorted(buckets))
-        self.series: dict[tuple[str, ...], list] = {}  # labels -> [per-bucket counts..., +Inf count, sum]
+        self.collector = prometheus_client.Histogram(name, help, labels, buckets=buckets, registry=None)
+        self.children: dict[tuple[str, ...], prometheus_client.Histogram] = {}
 
     def observe(self, value: float, *labels: str) -> None:
-        series = self.series.get(labels)
-        if series is None:
-            series = self.series[labels] = [0] * (len(self.buckets) + 1) + [0.0]
-        series[bisect.bisect_left(self.buckets, value)] += 1  # le is inclusive: value == bound counts
-        series[-1] += value
+        child = self.children.get(labels) or self.children.setdefault(labels, _child(self.collector, labels))
+        child.observe(value)
 
-    def samples(self) -> Iterable[str]:
-        for key, series in sorted(self.series.items()):
-            cumulative = 0
-            for bound, count in zip((*self.buckets, math.inf), series[:-1]):
-                cumulative += count
-                le = 'le="' + _number(bound) + '"'
-                yield f"{self.name}_bucket{_labels(self.labels, key, le)} {cumulative}"
-            yield f"{self.name}_sum{_labels(self.labels, key)} {_number(series[-1])}"
-            yield f"{self.name}_count{_labels(self.labels, key)} {cumulative}"
+
+class Gauge(Collector):
+    """A value read at scrape time from a callback returning {label values: value}."""
+
+    def __init__(self, name: str, help: str, labels: tuple[str, ...], read: Callable[[], dict]) -> None:
+        self.name, self.help, self.labels, self.read = name, help, labels, read
+        self.collector = self
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily(self.name, self.help, labels=self.labels)
+        for key, value in sorted(self.read().items()):
+            family.add_metric(list(key), value)
+        yield family
 
 
 class Metrics:
@@ -136,15 +119,15 @@ class Metrics:
         self.cascade_confidence = Histogram(
             "resnet_cascade_confidence", "model=auto confidence signal per image, by rung.", ("model",), CONFIDENCE
         )
+        self._registry: prometheus_client.CollectorRegistry | None = None
         self.all = (self.requests, self.images, self.request_seconds, self.queue_wait, self.preprocess,
                     self.inference, self.device_seconds, self.batch_size, self.queue_depth, self.cascade_answers,
                     self.cascade_escalations, self.cascade_skipped, self.cascade_confidence)  # fmt: skip
 
     def render(self) -> str:
         """All metrics in the Prometheus text format."""
-        lines = []
-        for metric in self.all:
-            lines.append(f"# HELP {metric.name} {metric.help}")
-            lines.append(f"# TYPE {metric.name} {metric.kind}")
-            lines.extend(metric.samples())
-        return "\n".join(lines) + "\n"
+        if self._registry is None:  # registered on first scrape, so a metric added to self.all is included
+            self._registry = prometheus_client.CollectorRegistry()
+            for metric in self.all:
+                self._registry.register(metric.collector)
+        return prometheus_client.generate_latest(self._registry).decode()

@@ -32,6 +32,7 @@ PREFIX = "/v2"
 VERSION = "1"  # the only version of each model (docs/oip.md, "Versions")
 IMAGE_INPUT = "image"
 OUTPUT = "probabilities"
+AUTO = "auto"  # the depth cascade's model name, as /classify's model=auto (service/app.py AUTO)
 PLATFORM = "onnxruntime_onnx"  # Triton's name for an ONNX model run by ONNX Runtime
 EXTENSIONS = ["binary_tensor_data", "classification"]
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
@@ -49,14 +50,16 @@ def error_response(error: errors.ServiceError, headers: dict[str, str]) -> Respo
     return Response({"error": error.message}, status_code=error.status, headers=headers)
 
 
-def _resolve(service: Service, name: str, version: str | None) -> ModelPipeline:
-    # The one place a protocol model name becomes a pipeline. When the service learns to pick a model
-    # by depth or `model=auto` (issue 10), that resolver goes here, and metadata lists its names.
-    if name not in service.pipelines:
-        raise errors.UnknownModel(f"unknown model {name!r}; available: {', '.join(service.pipelines)}")
+def _resolve(request: Request, name: str, version: str | None) -> ModelPipeline:
+    # The one place a protocol model name becomes a pipeline. `auto` (the depth cascade, issue 10)
+    # starts on the ladder's shallowest rung; _infer hands its images to the cascade.
+    service, ladder = request.app.state.service, request.app.state.ladder
+    if name != AUTO and name not in service.pipelines:
+        available = ", ".join([*service.pipelines, AUTO])
+        raise errors.UnknownModel(f"unknown model {name!r}; available: {available}")
     if version is not None and version != VERSION:
         raise errors.UnknownModel(f"model {name!r} has no version {version!r}; its only version is {VERSION!r}")
-    return service.pipelines[name]
+    return service.pipelines[ladder.rungs[0] if name == AUTO else name]
 
 
 def pixel_input(pipeline: ModelPipeline) -> tuple[str, np.dtype, list[int]]:
@@ -65,6 +68,26 @@ def pixel_input(pipeline: ModelPipeline) -> tuple[str, np.dtype, list[int]]:
     (node,) = [node for node in session.get_inputs() if node.name == card.input_name]
     shape = [d if isinstance(d, int) and d > 0 else -1 for d in node.shape]
     return node.name, np.dtype(_ORT_TYPES[node.type]), shape
+
+
+def _auto_metadata(request: Request, first: ModelPipeline) -> dict:
+    """`auto` takes image files only: each rung may preprocess differently, so no one pixel tensor fits."""
+    metadata = _metadata(first)
+    cascade = request.app.state.cascade
+    metadata["name"] = AUTO
+    metadata["inputs"] = metadata["inputs"][:1]
+    metadata["parameters"].update(
+        rungs=list(request.app.state.ladder.rungs), signal=cascade.policy.signal, calibrated=cascade.policy.calibrated
+    )
+    return metadata
+
+
+def _pixels_description(prep) -> str:
+    """How a client makes the pixel input itself, from the card (artifact.Preprocessing)."""
+    steps = f"RGB, resize the shorter side to {prep.resize_size}, center crop {prep.input_size}, {prep.layout}"
+    if prep.input_dtype == "uint8":  # issue 16: the graph does ToTensor and Normalize itself
+        return f"{steps}, 0..255 (the model normalises)"
+    return f"{steps}, /255, normalised by mean {list(prep.mean)} std {list(prep.std)}"
 
 
 def _metadata(pipeline: ModelPipeline) -> dict:
@@ -79,8 +102,7 @@ def _metadata(pipeline: ModelPipeline) -> dict:
             {"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1],
              "parameters": {"description": "one whole image file per element, preprocessed as /classify does"}},
             {"name": name, "datatype": datatype_of(dtype), "shape": shape,
-             "parameters": {"description": f"preprocessed pixels: resize {prep.resize_size}, center crop "
-                            f"{prep.input_size}, RGB, /255, normalised by mean {list(prep.mean)} std {list(prep.std)}"}},
+             "parameters": {"description": _pixels_description(prep)}},
         ],
         "outputs": [
             {"name": OUTPUT, "datatype": "FP32", "shape": [-1, card.num_classes],
@@ -121,14 +143,15 @@ async def ready(request: Request) -> Response:
 @get(["/models/{name:str}", "/models/{name:str}/versions/{version:str}"])
 async def model_metadata(request: Request, name: str, version: str | None = None) -> dict:
     """Model metadata: versions, platform, inputs and outputs with datatype and shape."""
-    return _metadata(_resolve(request.app.state.service, name, version))
+    pipeline = _resolve(request, name, version)
+    return _auto_metadata(request, pipeline) if name == AUTO else _metadata(pipeline)
 
 
 @get(["/models/{name:str}/ready", "/models/{name:str}/versions/{version:str}/ready"])
 async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
     """200 once this model is warm and the service ready, 503 before."""
     service = request.app.state.service
-    return _ready(service.ready and _resolve(service, name, version).model.warm)
+    return _ready(service.ready and _resolve(request, name, version).model.warm)
 
 
 @post(["/models/{name:str}/infer", "/models/{name:str}/versions/{version:str}/infer"], status_code=200)
@@ -137,10 +160,10 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     loop = asyncio.get_running_loop()
     started = loop.time()
     service: Service = request.app.state.service
-    label, status = (name if name in service.pipelines else "unknown"), 500
+    label, status = (name if name in service.pipelines or name == AUTO else "unknown"), 500
     try:
-        pipeline = _resolve(service, name, version)
-        response, count = await _infer(request, service, pipeline, started)
+        pipeline = _resolve(request, name, version)
+        response, count = await _infer(request, service, pipeline, started, name == AUTO)
         request.scope[_LOG_FIELDS] = {"model": name, "images": count, "protocol": "oip"}
         status = 200
         return response
@@ -152,7 +175,9 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         service.metrics.request_seconds.observe(loop.time() - started, label)
 
 
-async def _infer(request: Request, service: Service, pipeline: ModelPipeline, started: float) -> tuple[Response, int]:
+async def _infer(
+    request: Request, service: Service, pipeline: ModelPipeline, started: float, auto: bool
+) -> tuple[Response, int]:
     config, card = service.config, pipeline.model.card
     if not service.warm:  # a dead batcher is refused by admission.admit, with a 500 for its model only
         raise errors.NotReady()
@@ -162,12 +187,14 @@ async def _infer(request: Request, service: Service, pipeline: ModelPipeline, st
     # The same admission as /classify (service/admission.py): refused from the headers, before the body.
     ticket = admission.admit(pipeline, service.read_budget, request.content_length, config.max_body_bytes)
     deadline = started + config.request_timeout_s
+    budget = None
     try:
         async with asyncio.timeout_at(deadline):
             body = await uploads.read_raw(ticket.read(request.stream()), config.max_body_bytes)
             header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
             if len(header) > _INLINE_HEADER_BYTES:
-                parsed = await asyncio.get_running_loop().run_in_executor(service.decode_pool, parse_request, header, binary)
+                loop = asyncio.get_running_loop()
+                parsed = await loop.run_in_executor(service.decode_pool, parse_request, header, binary)
             else:
                 parsed = parse_request(header, binary)
             outputs = _requested_outputs(parsed.outputs, parsed.binary_output, card.num_classes)
@@ -175,13 +202,25 @@ async def _infer(request: Request, service: Service, pipeline: ModelPipeline, st
                 names = ", ".join(repr(t.name) for t in parsed.inputs)
                 raise BadRequest(f"send exactly one input, {IMAGE_INPUT!r} or the pixel input; got {names}")
             (tensor,) = parsed.inputs
-            if tensor.name == IMAGE_INPUT:
-                payloads = _images(tensor, config.max_images)
-                rows = await pipeline.classify(payloads, deadline)
-            else:
-                rows = await pipeline.infer(_pixels(tensor, pipeline, config.max_images), deadline)
+            budget = _budget(parsed.parameters, started)
+            answered_by = None
+            if auto:  # the cascade (service/cascade.py); the budget bends its depth, as for /classify
+                if tensor.name != IMAGE_INPUT:
+                    raise BadRequest(f"model {AUTO!r} takes only the {IMAGE_INPUT!r} input, got {tensor.name!r}")
+                answers = await request.app.state.cascade.classify(_images(tensor, config.max_images), deadline, budget)
+                rows, answered_by = [a.row for a in answers], [a.path[-1] for a in answers]
+            else:  # a named model: the budget is this request's deadline
+                limit = min(deadline, budget or deadline)
+                async with asyncio.timeout_at(limit):
+                    if tensor.name == IMAGE_INPUT:
+                        rows = await pipeline.classify(_images(tensor, config.max_images), limit)
+                    else:
+                        rows = await pipeline.infer(_pixels(tensor, pipeline, config.max_images), limit)
     except TimeoutError:
-        raise errors.DeadlineExceeded(f"no answer within request_timeout_s = {config.request_timeout_s} s") from None
+        within = "the request's budget_ms" if budget and budget < deadline else ""
+        raise errors.DeadlineExceeded(
+            f"no answer within {within or f'request_timeout_s = {config.request_timeout_s} s'}"
+        ) from None
     finally:
         ticket.release()
     probabilities = np.stack(rows).astype(np.float32, copy=False)
@@ -192,11 +231,22 @@ async def _infer(request: Request, service: Service, pipeline: ModelPipeline, st
             tensors.append((OUTPUT, "BYTES", [len(rows), output.classification], top, output.binary))
         else:
             tensors.append((OUTPUT, "FP32", list(probabilities.shape), probabilities, output.binary))
-    content, header_length = encode_response(card.name, VERSION, parsed.id, tensors)
+    parameters = None if answered_by is None else {"answered_by": answered_by}
+    content, header_length = encode_response(AUTO if auto else card.name, VERSION, parsed.id, tensors, parameters)
     if header_length is None:
         return Response(content, media_type="application/json"), len(rows)
     headers = {HEADER_LENGTH: str(header_length)}
     return Response(content, media_type="application/octet-stream", headers=headers), len(rows)
+
+
+def _budget(parameters: dict, started: float) -> float | None:
+    """The request parameter `budget_ms` as a loop-time deadline (None: no budget), as /classify's."""
+    budget_ms = parameters.get("budget_ms")
+    if budget_ms is None:
+        return None
+    if not isinstance(budget_ms, (int, float)) or isinstance(budget_ms, bool) or not budget_ms > 0:
+        raise BadRequest(f"parameter 'budget_ms' must be a positive number of milliseconds, got {budget_ms!r}")
+    return started + budget_ms / 1000.0
 
 
 def _requested_outputs(outputs: list[Output] | None, binary_default: bool, num_classes: int) -> list[Output]:

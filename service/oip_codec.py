@@ -151,10 +151,16 @@ def _parse_input(item, index: int, binary: bytes, offset: int) -> tuple[Tensor, 
                 f"{where}: binary_data_size {size} at offset {offset} runs past the {len(binary)} bytes of binary data"
             )
         raw = binary[offset : offset + size]
-        data = _bytes_from_binary(raw, count, where) if datatype == "BYTES" else _array_from_binary(raw, datatype, count, where)
+        if datatype == "BYTES":
+            data = _bytes_from_binary(raw, count, where)
+        else:
+            data = _array_from_binary(raw, datatype, count, where)
         offset += size
     elif "data" in item:
-        data = _bytes_from_json(item["data"], count, where) if datatype == "BYTES" else _array_from_json(item["data"], datatype, count, where)
+        if datatype == "BYTES":
+            data = _bytes_from_json(item["data"], count, where)
+        else:
+            data = _array_from_json(item["data"], datatype, count, where)
     else:
         raise BadRequest(f"{where}: has neither 'data' nor a 'binary_data_size' parameter")
     if datatype != "BYTES":
@@ -207,7 +213,8 @@ def _bytes_from_json(data, count: int, where: str) -> list[bytes]:
     out = []
     for i, element in enumerate(flat):
         if not isinstance(element, str):
-            raise BadRequest(f"{where}: BYTES element {i} in JSON must be a base64 string, got {type(element).__name__}")
+            kind = type(element).__name__
+            raise BadRequest(f"{where}: BYTES element {i} in JSON must be a base64 string, got {kind}")
         try:
             out.append(base64.b64decode(element, validate=True))
         except (binascii.Error, ValueError):
@@ -248,7 +255,11 @@ def classification(probabilities: np.ndarray, k: int, labels: tuple[str, ...]) -
 
 
 def encode_response(
-    model: str, version: str, request_id: str | None, outputs: list[tuple[str, str, list[int], object, bool]]
+    model: str,
+    version: str,
+    request_id: str | None,
+    outputs: list[tuple[str, str, list[int], object, bool]],
+    parameters: dict | None = None,
 ) -> tuple[bytes, int | None]:
     """The response body and, when any output is binary, the JSON header's length.
 
@@ -258,7 +269,10 @@ def encode_response(
     for name, datatype, shape, data, binary in outputs:
         entry: dict = {"name": name, "datatype": datatype, "shape": shape}
         if binary:
-            raw = _bytes_to_binary(data) if datatype == "BYTES" else np.ascontiguousarray(data, dtype=DATATYPES[datatype].newbyteorder("<")).tobytes()
+            if datatype == "BYTES":
+                raw = _bytes_to_binary(data)
+            else:
+                raw = np.ascontiguousarray(data, dtype=DATATYPES[datatype].newbyteorder("<")).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         elif datatype == "BYTES":
@@ -269,6 +283,8 @@ def encode_response(
     header: dict = {"model_name": model, "model_version": version}
     if request_id is not None:
         header["id"] = request_id
+    if parameters:
+        header["parameters"] = parameters
     header["outputs"] = described
     encoded = msgspec.json.encode(header)
     if not chunks:

@@ -125,6 +125,10 @@ def provider_list(requested: tuple[str, ...]) -> list[str]:
     if PROVIDERS["cuda"] in chosen:
         gpu = cuda.probe()
         if gpu.usable:
+            # onnxruntime-gpu 1.31 warns "No registered plugin EP device found for
+            # 'CUDAExecutionProvider'" at every session (seen on the H200) and then uses CUDA all the
+            # same: keep its default logger to errors, as the sessions' own loggers are.
+            ort.set_default_logger_severity(3)
             _preload_cuda()
         else:
             _say_no_gpu(gpu.reason)
@@ -134,7 +138,9 @@ def provider_list(requested: tuple[str, ...]) -> list[str]:
 
 def providers_with_options(config: ServeConfig) -> list:
     """provider_list with the CUDA provider's serving options (service.cuda) attached."""
-    options = cuda.provider_options(config.cuda_device_id, config.cudnn_conv_algo_search)
+    options = cuda.provider_options(
+        config.cuda_device_id, config.cudnn_conv_algo_search, config.cuda_arena_extend_strategy
+    )
     return [(name, options) if name == PROVIDERS["cuda"] else name for name in provider_list(config.providers)]
 
 

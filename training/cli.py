@@ -27,7 +27,7 @@ from training.config import TrainConfig, resume_config
 from training.data import DataError
 
 
-def _train_parser() -> cliconfig.Parser:
+def train_parser() -> cliconfig.Parser:
     """One flag per TrainConfig field (its comment is the help), plus --resume."""
     parser = cliconfig.Parser(TrainConfig, prog="resnet-train", description="Train a ResNet (He et al. 2015) into a "
                               "checkpoint. A field left out takes the recipe's value (training/config.py).")
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             args = ImportConfig(**_import_parser().parse(argv[1:]))
             path = hub.import_torchvision(args.arch, args.weights, args.out, command=command)
         else:
-            given = _train_parser().parse(argv)
+            given = train_parser().parse(argv)
             resume = given.pop("resume", None)
             if resume and "init_from" in given:
                 raise ValueError("--init-from starts a new run and --resume continues one: give only one of them")

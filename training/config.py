@@ -51,7 +51,7 @@ class TrainConfig:
     log_every: int = 50  # steps between train lines in metrics.jsonl and the progress bar's refresh
     init_from: str = ""  # fine-tune from a checkpoint.pt or torchvision "arch:WEIGHTS"; "": random init
     head_steps: int = -1  # fine-tune: first steps that train only the head; -1: one epoch
-    finetune_lr: float = 0.0  # fine-tune: peak lr after the head phase; 0: lr / 10
+    finetune_lr: float = 0.0  # fine-tune: peak lr after the head phase; 0: lr / 2
     finetune_bn: str = "auto"  # fine-tune: BN statistics "frozen", "train"ed, "auto": frozen below 16 images/process
 
     def __post_init__(self) -> None:

@@ -10,14 +10,15 @@ is kept when the class ids are the same, in the same order, and replaced by a fr
 one otherwise. The source's preprocessing (mean, std, interpolation, resize ratio) is kept; only
 the input side may change (--image-size, default the source's).
 
-The recipe for a small dataset, as in fast.ai's `fine_tune` (docs.fast.ai, "Learner.fine_tune":
-one frozen epoch at the base lr, then the whole net at a lower lr) and Keras's transfer-learning
-guide ("Transfer learning & fine-tuning": train the new head on a frozen base, then unfreeze at a
-low lr):
+The recipe for a small dataset, as in fast.ai's `Learner.fine_tune` (one frozen epoch at base_lr,
+then `base_lr /= 2` and the whole net) and Keras's transfer-learning guide ("Transfer learning &
+fine-tuning": train the new head on a frozen base, then unfreeze at a low lr):
   1. head phase, `head_steps` (default one epoch): only the head trains, at `lr`; the backbone has
      requires_grad off, so its weights stay the source's and a step costs one forward through it.
-  2. whole-net phase: every weight trains at `finetune_lr` (default lr / 10), following the run's
-     --lr-schedule and --warmup-* as factors of that peak.
+  2. whole-net phase: every weight trains at `finetune_lr` (default lr / 2, fast.ai's halving),
+     following the run's --lr-schedule and --warmup-* as factors of that peak. Measured on real
+     photos from a synthetic-set resnet18 (docs/finetuning.md): lr / 10 67.8%, lr / 2 75.0%, lr
+     80.5% val top-1 (3 seeds each): a source far from your images wants the higher end.
 BatchNorm (`finetune_bn`): "frozen" keeps every BN layer in inference mode (the source's running
 statistics, never updated; its scale and shift still train in phase 2), "train" updates them as
 usual. "auto" freezes them below 16 images per process: BN's error grows quickly below that batch
@@ -118,11 +119,13 @@ def preprocessing(source: Source, image_size: int) -> Preprocessing:
 
 def resolve(config: TrainConfig, steps_per_epoch: int) -> TrainConfig:
     """Fill the fine-tuning defaults of a resolved config: head_steps, finetune_lr, finetune_bn."""
+    if not config.init_from:
+        return config
     head_steps = steps_per_epoch if config.head_steps < 0 else config.head_steps
     bn = config.finetune_bn
     if bn == "auto":
         bn = "frozen" if config.batch_size < FROZEN_BN_BELOW else "train"
-    return replace(config, head_steps=min(head_steps, config.max_steps), finetune_lr=config.finetune_lr or config.lr / 10,
+    return replace(config, head_steps=min(head_steps, config.max_steps), finetune_lr=config.finetune_lr or config.lr / 2,
                    finetune_bn=bn)
 
 

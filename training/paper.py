@@ -78,7 +78,8 @@ SCALES = {"small": lambda: SMALL, "paper": paper_scale}
 
 
 def plan(scale: Scale) -> list[Run]:
-    """Every run, in the order that makes a partial report most useful: all of seed 0 first."""
+    """Every run, in the order that makes a partial report most useful: every experiment on the first
+    seed, then the other seeds of experiment 1, then those of experiment 4."""
     def run(name: str, arch: str, seed: int, **changes) -> Run:
         warmup = scale.warmup_steps if depth_of(arch) >= 110 else 0
         base = dict(name=f"{name}-{arch}-s{seed}", arch=arch, data=scale.data, size=scale.size, seed=seed,
@@ -86,35 +87,45 @@ def plan(scale: Scale) -> list[Run]:
                     warmup_steps=warmup, eval_every=scale.eval_every, save_every=scale.save_every)
         return Run(**{**base, **changes})
 
-    deep_lr = scale.lr * scale.deep_batch / scale.batch
-    runs = []
-    for seed in scale.seeds:
-        runs += [run("degradation", arch, seed, probe_at=(0, scale.max_steps), responses=True) for arch in scale.degradation]
-        if seed == scale.seeds[0]:
-            runs += [run("init", arch, seed, max_steps=0, probe_at=(0,)) for arch in scale.probe_only]
-            runs += [run("deep", arch, seed, max_steps=scale.deep_steps, batch=scale.deep_batch, lr=deep_lr,
-                         eval_every=0, log_every=1, probe_at=(0,), save_every=0) for arch in scale.deep]
-        runs += [replace(run("shortcut", scale.shortcut_arch, seed, data=scale.shortcut_data, shortcut=option),
-                         name=f"shortcut-{scale.shortcut_arch}{option}-s{seed}") for option in "ABC"]
+    def shortcuts(seed: int) -> list[Run]:
+        return [replace(run("shortcut", scale.shortcut_arch, seed, data=scale.shortcut_data, shortcut=option),
+                        name=f"shortcut-{scale.shortcut_arch}{option}-s{seed}") for option in "ABC"]
+
+    first, deep_lr = scale.seeds[0], scale.lr * scale.deep_batch / scale.batch
+    degradation = {seed: [run("degradation", arch, seed, probe_at=(0, scale.max_steps), responses=True)
+                          for arch in scale.degradation] for seed in scale.seeds}
+    runs = degradation[first]
+    runs += [run("init", arch, first, max_steps=0, probe_at=(0,)) for arch in scale.probe_only]
+    runs += [run("deep", arch, first, max_steps=scale.deep_steps, batch=scale.deep_batch, lr=deep_lr,
+                 eval_every=0, log_every=1, probe_at=(0,), save_every=0) for arch in scale.deep]
+    runs += shortcuts(first)
+    # then the other seeds: of the central experiment first
+    for seed in scale.seeds[1:]:
+        runs += degradation[seed]
+    for seed in scale.seeds[1:]:
+        runs += shortcuts(seed)
     return runs
 
 
 def run_all(scale: Scale, out: Path, device: str, cifar_root: str = "", command: str = "") -> Path:
-    """Run (or resume) every run of the scale, rewriting the report after each; returns report.md."""
+    """Run (or resume) every run of the scale, rewriting the report as runs end; returns report.md."""
     from training import paper_report
 
-    out.mkdir(parents=True, exist_ok=True)
-    runs, sets = plan(scale), {}
+    runs, sets = plan(scale), {}  # the folder appears with the first run's data loaded: bad data writes nothing
+    reported = time.monotonic()
     for i, r in enumerate(runs):
         if (out / "runs" / f"{r.name}.json").exists():
             continue
-        print(f"[{i + 1}/{len(runs)}] {r.name}", file=sys.stderr, flush=True)
         key = (r.data, r.size)
         if key not in sets:
             sets[key] = paper_runs.load_sets(r.data, r.size, cifar_root)
+        print(f"[{i + 1}/{len(runs)}] {r.name}", file=sys.stderr, flush=True)
         started = time.monotonic()
         paper_runs.train(r, sets[key], out, device)
         print(f"[{i + 1}/{len(runs)}] {r.name} done in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+        if time.monotonic() - reported < 60:  # plotting costs more than a tiny run: once a minute at most
+            continue
+        reported = time.monotonic()
         try:
             paper_report.write(scale, runs, out, command)
         except Exception as error:  # a plotting bug must not stop hours of training; the last write raises
@@ -133,7 +144,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     scale = SCALES[args.scale]()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    command = "resnet-train paper " + shlex.join(argv)
+    # the report names the command that ran the experiments, also when only rewritten
+    command = "resnet-train paper " + shlex.join(a for a in argv if a != "--report-only")
     if args.report_only:
         from training import paper_report
         path = paper_report.write(scale, plan(scale), Path(args.out), command)

@@ -195,9 +195,11 @@ def _deep(scale, runs, done, out: Path) -> list[str]:
     fig, ax = plt.subplots(figsize=(6, 4))
     for arch, rec in recs.items():
         losses = [p["loss"] for p in rec["train"]]
-        note = f" (diverged at step {rec['diverged_at']})" if "diverged_at" in rec else ""
-        lines.append(f"| {arch} | {rec['params']:,} | {statistics.mean(losses[:5]):.3f} | "
-                     f"{statistics.mean(losses[-5:]):.3f}{note} | {rec['seconds'] / max(1, len(losses)):.1f} |")
+        steps = rec.get("diverged_at", len(losses))
+        last = (f"NaN from step {rec['diverged_at']} on (training stopped)" if "diverged_at" in rec
+                else f"{statistics.mean(losses[-5:]):.3f}")
+        lines.append(f"| {arch} | {rec['params']:,} | {statistics.mean(losses[:5]):.3f} (first {min(5, len(losses))}) | "
+                     f"{last} | {rec['seconds'] / max(1, steps):.1f} |")
         ax.plot([p["step"] for p in rec["train"]], losses, label=arch)
     ax.set(xlabel="step", ylabel="training loss", title="1202 layers: the first steps")
     ax.legend()

@@ -46,21 +46,10 @@ def split_launch(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def train_config(argv: list[str]) -> TrainConfig:
-    """The TrainConfig resnet-train would build from argv, through its own flag table."""
-    values, i = {}, 0
-    while i < len(argv):
-        flag = argv[i]
-        if flag in train_cli.SWITCHES:
-            values[train_cli.SWITCHES[flag][0]] = True
-            i += 1
-        elif flag == "--resume":
-            i += 2
-        else:
-            assert flag in train_cli.FLAGS, f"resnet-train has no flag {flag}"
-            field, kind, _ = train_cli.FLAGS[flag]
-            values[field] = kind(argv[i + 1])
-            i += 2
-    return TrainConfig(**values)
+    """The TrainConfig resnet-train would build from argv, through its own parser (cliconfig)."""
+    given = train_cli.train_parser().parse(argv)
+    given.pop("resume", None)
+    return TrainConfig(**given)
 
 
 def run_sbatch(tmp_path: Path, out: Path) -> list[list[str]]:

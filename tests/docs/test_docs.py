@@ -24,6 +24,8 @@ def _settings_rows() -> dict[str, list[str]]:
 
 
 def _shown(value) -> str:
+    if value in ("", ()):
+        return "(empty)"
     return ",".join(value) if isinstance(value, tuple) else str(value)
 
 

@@ -136,12 +136,14 @@ def write_image_folder(root: Path, clear: int, ambiguous: int) -> Path:
 
 
 if __name__ == "__main__":
-    # python tests/service/colour_models.py DIR [CLEAR AMBIGUOUS]: DIR/models and DIR/data, for
-    # `resnet-calibrate --models DIR/models --data DIR/data` by hand (docs/cascade.md, Measured)
+    # python tests/service/colour_models.py DIR [CLEAR AMBIGUOUS [DEEP_SIDE]]: DIR/models and DIR/data,
+    # for resnet-calibrate and bench.cascade by hand (docs/cascade.md, Measured); DEEP_SIDE > 8 makes
+    # the deep model slow (write_model)
     import sys
 
     root = Path(sys.argv[1])
     clear, ambiguous = (int(sys.argv[2]), int(sys.argv[3])) if len(sys.argv) > 3 else (20, 10)
-    write_ladder(root / "models")
+    write_model(root / "models", *SHALLOW)
+    write_model(root / "models", *DEEP, side=int(sys.argv[4]) if len(sys.argv) > 4 else 8)
     write_image_folder(root / "data", clear, ambiguous)
     print(f"wrote {root / 'models'} and {root / 'data'}")

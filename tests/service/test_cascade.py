@@ -26,7 +26,8 @@ def auto_server(tmp_path_factory):
     The delay itself costs nothing here: with no other image on its way a batch starts at once."""
     folder = write_ladder(tmp_path_factory.mktemp("auto"))
     write_cascade_file(folder, thresholds=(0.9,))
-    server = start_server(folder, tmp_path_factory.mktemp("auto-server"), "--providers", "cpu", "--max-delay-ms", "1000")
+    flags = ("--providers", "cpu", "--max-delay-ms", "1000")
+    server = start_server(folder, tmp_path_factory.mktemp("auto-server"), *flags)
     yield server
     server.stop()
 
@@ -109,8 +110,8 @@ def test_when_the_deep_rung_is_full_auto_answers_from_the_shallow_one(tmp_path):
     write_model(tmp_path, *SHALLOW)
     write_model(tmp_path, *DEEP, side=512)  # other preprocessing: escalations are prepared again for it
     write_cascade_file(tmp_path, thresholds=(0.9,))
-    flags = ("--providers", "cpu", "--queue-size", "12", "--max-batch-size", "1", "--intra-op-threads", "1")
-    server = start_server(tmp_path, tmp_path, *flags)
+    flags = ("--providers", "cpu", "--queue-size", "12", "--max-images", "12", "--max-batch-size", "1")
+    server = start_server(tmp_path, tmp_path, *flags, "--intra-op-threads", "1", "--warmup-runs", "1")
     try:
         files = [("images", (f"{i}.png", png(CLEAR[i % 3]), "image/png")) for i in range(12)]
         with ThreadPoolExecutor(1) as pool:

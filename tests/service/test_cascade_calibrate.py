@@ -5,12 +5,15 @@ threshold must escalate exactly the ambiguous images, on both halves, and the se
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from service import cascade_file, ladder as ladders
-from service.calibrate import main
+from service.calibrate import gflops, main
 from service.config import ServeConfig
 from service.runtime import load_models
 
@@ -53,3 +56,23 @@ def test_the_calibrator_refuses_bad_input_with_one_line(tmp_path, capsys):
     assert "'purple' is not one of the models' class ids" in capsys.readouterr().err.splitlines()[-1]
     assert main(["--models", str(models), "--images", "1"]) == 2
     assert not (models / "cascade.json").exists()
+
+
+def test_the_calibrator_runs_the_trained_models_on_the_synthetic_set(tiny_models_dir, tmp_path):
+    """The shared tiny models (resnet18 and resnet20, trained on the synthetic set): the synthetic
+    source, GFLOPs counted from real ResNet graphs, and curves whose ends are the single models."""
+    models = Path(shutil.copytree(tiny_models_dir, tmp_path / "models"))  # the shared folder stays without a file
+    assert main(["--models", str(models), "--data", "synthetic", "--images", "200"]) == 0
+    written = json.loads((models / "cascade.json").read_text())
+    assert written["ladder"] == ["resnet18", "resnet20"] and written["data"]["images"] == 200
+    for name in written["ladder"]:
+        recorded = written["models"][name]["gflops"]
+        assert recorded > 0 and recorded == pytest.approx(gflops(models / name / "model.onnx"), rel=1e-5)
+    for half in ("calibration", "held_out"):
+        singles = written["singles"][half]
+        for curve in written["curves"].values():
+            ends = sorted(curve[half], key=lambda p: p["threshold"])
+            assert (ends[0]["top1"], ends[0]["gflops"]) == (singles["resnet18"]["top1"], singles["resnet18"]["gflops"])
+            assert ends[-1]["top1"] == singles["resnet20"]["top1"] and ends[-1]["escalation_rate"] == 1
+    best = max(s["top1"] for s in written["singles"]["calibration"].values())
+    assert written["chosen"]["calibration"]["top1"] >= best - 0.5

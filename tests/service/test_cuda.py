@@ -62,7 +62,10 @@ def test_provider_options_are_the_documented_serving_ones():
         "cudnn_conv_use_max_workspace": "1",
         "do_copy_in_default_stream": "1",
     }
-    assert cuda.provider_options()["cudnn_conv_algo_search"] == "EXHAUSTIVE"
+    assert cuda.provider_options()["cudnn_conv_algo_search"] == "HEURISTIC"
+    assert cuda.provider_options(arena="next_power_of_two")["arena_extend_strategy"] == "kNextPowerOfTwo"
+    with pytest.raises(ValueError, match="arena_extend_strategy"):
+        cuda.provider_options(arena="grow")
     with pytest.raises(ValueError, match="device id"):
         cuda.provider_options(-1)
     with pytest.raises(ValueError, match="cudnn_conv_algo_search"):
@@ -77,6 +80,9 @@ def test_config_carries_and_checks_the_cuda_settings(tmp_path):
         ServeConfig(models=tmp_path, cuda_device_id=-1)
     with pytest.raises(ConfigError, match="cudnn_conv_algo_search"):
         ServeConfig(models=tmp_path, cudnn_conv_algo_search="fast")
+    with pytest.raises(ConfigError, match="cuda_arena_extend_strategy"):
+        ServeConfig(models=tmp_path, cuda_arena_extend_strategy="grow")
+    assert ServeConfig(models=tmp_path).cudnn_conv_algo_search == "heuristic"
 
 
 @needs_no_gpu

@@ -1,4 +1,5 @@
-"""End to end through a real resnet-serve process over HTTP: answers, shapes, and the 4xx paths."""
+"""The HTTP API: answers and shapes end to end through a real resnet-serve process; the 4xx paths
+through the same app in-process (Litestar's TestClient)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,13 @@ import time
 
 import httpx
 import pytest
-from PIL import Image
 
+from litestar.testing import TestClient
+
+from service.app import create_app
+from service.config import ServeConfig
 from service.preprocess import prepare
+from service.runtime import load_models
 
 from .conftest import assert_answers, encode, photo, png_claiming, variants
 
@@ -27,6 +32,23 @@ def expected(references, name: str, data: bytes):
 
 def post_image(url: str, data: bytes, content_type: str = "image/jpeg", **params) -> httpx.Response:
     return httpx.post(url, content=data, headers={"Content-Type": content_type}, params=params, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def client(models_dir):
+    """The app in this process through Litestar's TestClient, lifespan and warm-up included: the 4xx
+    answers need no real server process (those stay for lifecycle, signals and load)."""
+    config = ServeConfig(models=models_dir, providers=("cpu",), intra_op_threads=1, decode_threads=1)
+    with TestClient(create_app(config, load_models(config))) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/health/ready").status_code != 200:
+            assert time.monotonic() < deadline, "the in-process app never became ready"
+            time.sleep(0.02)
+        yield client
+
+
+def post_to(client: TestClient, path: str, data: bytes, content_type: str = "image/jpeg", **params) -> httpx.Response:
+    return client.post(path, content=data, headers={"Content-Type": content_type}, params=params)
 
 
 def test_one_raw_image_answers_its_top_k(server, references, jpeg):
@@ -135,69 +157,74 @@ def test_a_client_request_id_is_echoed(server, jpeg):
         time.sleep(0.02)
 
 
-def test_400_for_undecodable_or_corrupt_images(server, jpeg):
+def test_400_for_undecodable_or_corrupt_images(client, jpeg):
     assert (
         "cannot identify the image"
-        in error_of(post_image(server.url + "/classify", b"GIF89a broken"), 400, "bad_image")["message"]
+        in error_of(post_to(client, "/classify", b"GIF89a broken"), 400, "bad_image")["message"]
     )
     assert (
         "truncated"
-        in error_of(post_image(server.url + "/classify", jpeg[: len(jpeg) // 2]), 400, "bad_image")["message"]
+        in error_of(post_to(client, "/classify", jpeg[: len(jpeg) // 2]), 400, "bad_image")["message"]
     )
-    assert "empty" in error_of(post_image(server.url + "/classify", b""), 400, "bad_image")["message"]
+    assert "empty" in error_of(post_to(client, "/classify", b""), 400, "bad_image")["message"]
     files = [("a", ("a.jpg", jpeg, "image/jpeg")), ("b", ("b.jpg", b"\xff\xd8 nonsense", "image/jpeg"))]
-    error = error_of(httpx.post(server.url + "/classify", files=files), 400, "bad_image")
+    error = error_of(client.post("/classify", files=files), 400, "bad_image")
     assert error["message"].startswith("image 2 of 2:") and error["image"] == 1
-    no_files = httpx.post(server.url + "/classify", files={"note": (None, "no file here")})
+    no_files = client.post("/classify", files={"note": (None, "no file here")})
     assert "holds no file" in error_of(no_files, 400, "bad_image")["message"]
-    malformed = post_image(server.url + "/classify", b"--xyz\r\nbroken", "multipart/form-data; boundary=xyz")
+    malformed = post_to(client, "/classify", b"--xyz\r\nbroken", "multipart/form-data; boundary=xyz")
     error_of(malformed, 400, "bad_image")
 
 
-def test_404_lists_the_available_models(server, references, jpeg):
-    for response in (post_image(server.url + "/classify", jpeg, model="resnet9000"),
-                     post_image(server.url + "/models/resnet9000/classify", jpeg),
-                     httpx.get(server.url + "/models/resnet9000")):  # fmt: skip
+def test_404_lists_the_available_models(client, references, jpeg):
+    for response in (post_to(client, "/classify", jpeg, model="resnet9000"),
+                     post_to(client, "/models/resnet9000/classify", jpeg),
+                     client.get("/models/resnet9000")):  # fmt: skip
         error = error_of(response, 404, "unknown_model")
         assert error["available"] == sorted(references) and "resnet9000" in error["message"]
-    error_of(httpx.get(server.url + "/no/such/route"), 404, "not_found")
-    error_of(httpx.get(server.url + "/classify"), 405, "method_not_allowed")
+    error_of(client.get("/no/such/route"), 404, "not_found")
+    error_of(client.get("/classify"), 405, "method_not_allowed")
 
 
-def test_413_for_a_pixel_bomb_and_too_many_files(server, jpeg):
+def test_413_for_a_pixel_bomb_and_too_many_files(client, jpeg):
     error = error_of(
-        post_image(server.url + "/classify", png_claiming(10_000, 10_000), "image/png"), 413, "too_many_pixels"
+        post_to(client, "/classify", png_claiming(10_000, 10_000), "image/png"), 413, "too_many_pixels"
     )
     assert "100000000 pixels" in error["message"] and error["max_pixels"] == LIMIT
     files = [("images", (f"{i}.jpg", b"x", "image/jpeg")) for i in range(33)]  # the default max_images is 32
-    assert error_of(httpx.post(server.url + "/classify", files=files), 413, "too_many_images")["max_images"] == 32
+    assert error_of(client.post("/classify", files=files), 413, "too_many_images")["max_images"] == 32
 
 
-def test_415_for_unsupported_media_types(server, jpeg):
+def test_415_for_unsupported_media_types(client, jpeg):
     for content_type in ("text/plain", "image/svg+xml", "application/json"):
-        error = error_of(post_image(server.url + "/classify", jpeg, content_type), 415, "unsupported_media_type")
+        error = error_of(post_to(client, "/classify", jpeg, content_type), 415, "unsupported_media_type")
         assert content_type in error["message"] and "image/jpeg" in error["accepted"]
-    error_of(httpx.post(server.url + "/classify", content=jpeg), 415, "unsupported_media_type")  # no Content-Type
+    error_of(client.post("/classify", content=jpeg), 415, "unsupported_media_type")  # no Content-Type
     files = {"doc": ("notes.txt", b"hello", "text/plain")}
     assert (
         "notes.txt"
-        in error_of(httpx.post(server.url + "/classify", files=files), 415, "unsupported_media_type")["message"]
+        in error_of(client.post("/classify", files=files), 415, "unsupported_media_type")["message"]
     )
 
 
-def test_422_for_bad_parameters(server, references, jpeg):
+def test_422_for_bad_parameters(client, references, jpeg):
     n = references["resnet18"].card.num_classes
-    before = httpx.get(server.url + "/metrics").text
+    before = client.get("/metrics").text
     for top_k in ("0", str(n + 1), "-3", "abc"):
-        error = error_of(post_image(server.url + "/classify", jpeg, top_k=top_k), 422, "invalid_parameter")
+        error = error_of(post_to(client, "/classify", jpeg, top_k=top_k), 422, "invalid_parameter")
         assert "top_k" in str(error)
-    after = httpx.get(server.url + "/metrics").text
+    after = client.get("/metrics").text
     counted = 'resnet_requests_total{model="resnet18",status="422"} '
     assert float(after.split(counted)[1].split()[0]) - float((before.split(counted) + ["0"])[1].split()[0]) == 4
-    assert post_image(server.url + "/classify", jpeg, top_k=n).status_code == 200
+    assert post_to(client, "/classify", jpeg, top_k=n).status_code == 200
 
 
 def test_bad_uploads_never_take_the_process_down(server, jpeg):
+    # The 4xx answers themselves are checked in-process above; here a real process meets bad uploads.
+    assert post_image(server.url + "/classify", b"GIF89a broken").status_code == 400
+    assert post_image(server.url + "/classify", jpeg[: len(jpeg) // 2]).status_code == 400
+    assert post_image(server.url + "/classify", png_claiming(10_000, 10_000), "image/png").status_code == 413
+    assert post_image(server.url + "/classify", b"--xyz\r\nbroken", "multipart/form-data; boundary=xyz").status_code == 400
     assert server.process.poll() is None
     assert post_image(server.url + "/classify", jpeg).status_code == 200
     assert "Traceback" not in server.log()  # no unhandled error was logged along the way

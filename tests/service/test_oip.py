@@ -10,12 +10,13 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from service import preprocess
 from tests.service.conftest import variants
 
 MAX_PIXELS = 50_000_000
+ORT_DATATYPES = {"tensor(float)": "FP32", "tensor(float16)": "FP16", "tensor(uint8)": "UINT8"}
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +52,12 @@ def test_health_and_server_metadata(client):
 def test_model_metadata_describes_the_session_input_and_works_with_every_listed_version(client, references):
     for name, ref in references.items():
         (node,) = [n for n in ref.session.get_inputs() if n.name == ref.card.input_name]
-        side = ref.card.preprocessing.input_size
+        pixels = (ORT_DATATYPES[node.type], list(ref.card.preprocessing.input_shape(-1)))
         for version in ["", *client.get_model_metadata(name)["versions"]]:
             metadata = client.get_model_metadata(name, version)
             assert metadata["name"] == name and metadata["versions"] == ["1"]
             inputs = {i["name"]: (i["datatype"], i["shape"]) for i in metadata["inputs"]}
-            assert inputs == {"image": ("BYTES", [-1]), node.name: ("FP32", [-1, 3, side, side])}
+            assert inputs == {"image": ("BYTES", [-1]), node.name: pixels}  # as the session says
             assert [(o["name"], o["datatype"], o["shape"]) for o in metadata["outputs"]] == [
                 ("probabilities", "FP32", [-1, ref.card.num_classes])
             ]
@@ -106,7 +107,7 @@ def test_pixels_in_give_the_answer_of_the_same_image(client, references, binary)
     files = variants(2)
     ref = references["resnet18"]
     pixels = np.stack([preprocess.prepare(f, ref.card.preprocessing, MAX_PIXELS) for f in files])
-    tensor = triton.InferInput(ref.card.input_name, list(pixels.shape), "FP32")
+    tensor = triton.InferInput(ref.card.input_name, list(pixels.shape), np_to_triton_dtype(pixels.dtype))
     tensor.set_data_from_numpy(pixels, binary_data=binary)
     answer = client.infer("resnet18", [tensor], outputs=[triton.InferRequestedOutput("probabilities", binary_data=binary)])
     assert np.allclose(answer.as_numpy("probabilities"), expected(references, "resnet18", files), atol=1e-5)
@@ -161,12 +162,19 @@ def test_client_side_mistakes_are_4xx_with_a_message(client, references):
             "more than the 10 classes",
         ),
     }
-    wrong_type = triton.InferInput(ref.card.input_name, [1, 3, 32, 32], "FP64")
-    wrong_type.set_data_from_numpy(np.zeros((1, 3, 32, 32), np.float64))
-    cases["wrong datatype"] = (lambda: client.infer("resnet18", [wrong_type], outputs=probabilities), "400", "must be FP32")
-    wrong_shape = triton.InferInput(ref.card.input_name, [1, 3, 16, 16], "FP32")
-    wrong_shape.set_data_from_numpy(np.zeros((1, 3, 16, 16), np.float32))
-    cases["wrong shape"] = (lambda: client.infer("resnet18", [wrong_shape]), "400", "must have shape [-1, 3, 32, 32]")
+    prep = ref.card.preprocessing
+    pixels = preprocess.prepare(files[0], prep, MAX_PIXELS)[None]  # the model's own input, one image
+    datatype = np_to_triton_dtype(pixels.dtype)
+    wrong_type = triton.InferInput(ref.card.input_name, list(pixels.shape), "FP64")
+    wrong_type.set_data_from_numpy(pixels.astype(np.float64))
+    cases["wrong datatype"] = (
+        lambda: client.infer("resnet18", [wrong_type], outputs=probabilities), "400", f"must be {datatype}"
+    )
+    wrong_shape = triton.InferInput(ref.card.input_name, [1, *pixels.shape[1:-1], 1], datatype)
+    wrong_shape.set_data_from_numpy(pixels[..., :1])
+    cases["wrong shape"] = (
+        lambda: client.infer("resnet18", [wrong_shape]), "400", f"must have shape {list(prep.input_shape(-1))}"
+    )
     unknown = triton.InferInput("pixels", [1], "FP32")
     unknown.set_data_from_numpy(np.zeros(1, np.float32))
     cases["unknown input"] = (lambda: client.infer("resnet18", [unknown]), "400", "unknown input 'pixels'")

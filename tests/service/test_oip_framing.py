@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
+import time
 
 import httpx
 import pytest
 
 from tests.service.conftest import start_server, variants
+from tests.service.test_operations import slow_png, wait_for_queue_depth
 
 INFER = "/v2/models/resnet18/infer"
 
@@ -120,3 +123,34 @@ def test_a_body_over_the_limit_is_413(models_dir, tmp_path):
 @pytest.mark.parametrize("path", ["/v2/health/ready", "/v2/models/resnet18/ready", "/v2/models/resnet18/versions/1/ready"])
 def test_readiness_routes_answer_200_when_warm(server, path):
     assert httpx.get(server.url + path).status_code == 200
+
+
+def test_503_with_retry_after_while_warming_up_and_when_the_queue_is_full(models_dir, tmp_path):
+    # Enough warm-up runs that the port opens well before the models are warm (as test_operations).
+    server = start_server(
+        models_dir, tmp_path, "--providers", "cpu", "--warmup-runs", "150", "--queue-size", "2", "--max-images", "2",
+        "--decode-threads", "1", wait_ready=False,
+    )  # fmt: skip
+    try:
+        for path in ("/v2/health/ready", "/v2/models/resnet18/ready"):
+            early = httpx.get(server.url + path)
+            assert early.status_code == 503 and early.headers["retry-after"] == "1", path
+        image = element(variants(1)[0])
+        assert_error(post(server.url, *framed(image_header(len(image)), image)), 503, "warming up")
+        deadline = time.monotonic() + 60
+        while httpx.get(server.url + "/v2/health/ready").status_code != 200:
+            assert time.monotonic() < deadline, "never became ready"
+            time.sleep(0.05)
+        # Two slow decodes, one at a time, fill the queue of 2 for most of a second.
+        slow = [element(slow_png((i, 0, 0))) for i in (1, 2)]
+        waiting = [threading.Thread(target=post, args=(server.url, *framed(image_header(len(s)), s))) for s in slow]
+        for thread in waiting:
+            thread.start()
+        wait_for_queue_depth(server.url, 2)
+        full = post(server.url, *framed(image_header(len(image)), image))
+        for thread in waiting:
+            thread.join()
+    finally:
+        server.stop()
+    assert_error(full, 503, "at capacity")
+    assert int(full.headers["retry-after"]) >= 1

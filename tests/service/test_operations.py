@@ -61,8 +61,9 @@ def test_64_concurrent_uploads_are_batched_and_each_gets_its_own_answer(server, 
 
 
 def slow_png(rgb: tuple[int, int, int]) -> bytes:
-    """A 5000x5000 one-colour PNG: 84 KB to send, but 25 MP to inflate, convert and resize, which
-    keeps a decode thread busy for a few hundred ms (330 ms measured on the shared 2-core box)."""
+    """A 5000x5000 one-colour PNG: 84 KB to send, but 25 MP to inflate, convert and resize, which keeps
+    a decode thread busy for a few hundred ms (330 ms measured on the shared 2-core box). The tests
+    that use it only need it to outlast a 10 ms metrics poll, ten times over even on a fast machine."""
     return encode(Image.new("RGB", (5000, 5000), rgb), "PNG")
 
 
@@ -81,11 +82,24 @@ def post(url: str, data: bytes, content_type: str = "image/jpeg", **kwargs) -> h
     return httpx.post(url + "/classify", content=data, headers={"Content-Type": content_type}, timeout=30, **kwargs)
 
 
-def test_504_when_a_request_waits_past_its_deadline(tight):
-    response = post(tight.url, slow_png((90, 140, 200)), "image/png")
+def test_504_when_a_request_waits_past_its_deadline(tight, jpeg_bytes):
+    # The deadline counts from arrival, body upload included: a body that takes 0.3 s to arrive is
+    # past a 50 ms deadline however fast the machine decodes (a slow decode alone was not: a fast
+    # machine decodes 25 MP in well under 50 ms).
+    def slow_body():
+        yield jpeg_bytes[:100]
+        time.sleep(0.3)
+        yield jpeg_bytes[100:]
+
+    response = post(tight.url, slow_body())
     assert response.status_code == 504, response.text
     error = response.json()["error"]
     assert error["code"] == "deadline_exceeded" and "0.05 s" in error["message"]
+
+
+@pytest.fixture(scope="module")
+def jpeg_bytes() -> bytes:
+    return encode(photo("color.png"), quality=90)
 
 
 def test_a_full_queue_answers_503_with_retry_after(models_dir, tmp_path):
@@ -124,20 +138,19 @@ def test_413_for_a_body_over_the_limit_announced_or_streamed(tight):
 
 def test_provider_fallback_is_warned_about_and_reported(server, tight):
     providers = {m["name"]: m["providers"] for m in httpx.get(server.url + "/models").json()["models"]}
-    warning = "CUDA was requested but ONNX Runtime could not use it"
+    no_gpu = "CUDA requested but"  # no GPU: said once, before ONNX Runtime is asked (service/cuda.py)
+    fell_back = "a GPU is present but ONNX Runtime could not use its CUDA provider"  # said per model
     for name, used in providers.items():
         assert used[-1] == "CPUExecutionProvider"
-        if "CUDAExecutionProvider" not in used:  # a CPU box: the fallback must be said, per model
-            assert f"model {name}: {warning}; running on CPUExecutionProvider" in server.log()
-    assert warning not in tight.log()  # --providers cpu asks for no CUDA, so nothing falls back
+        if "CUDAExecutionProvider" not in used:  # the fallback must be said: once without a GPU, else per model
+            assert server.log().count(no_gpu) == 1 or f"model {name}: {fell_back}" in server.log()
+    assert no_gpu not in tight.log() and fell_back not in tight.log()  # --providers cpu asks for no CUDA
 
 
-def test_ready_only_after_warm_up_and_sigterm_drains_in_flight_requests(models_dir, tmp_path, references):
-    # Enough warm-up runs that the port opens well before the models are warm.
-    server = start_server(
-        models_dir, tmp_path, "--providers", "cpu", "--warmup-runs", "150", "--max-batch-size", "8",
-        "--decode-threads", "1", wait_ready=False,
-    )  # fmt: skip
+def test_not_ready_while_warming_up(models_dir, tmp_path):
+    # Warm-up far longer than any test (10^6 runs of every batch shape): the first readiness poll comes
+    # before it ends on any machine. The process is killed, not drained: it is never ready.
+    server = start_server(models_dir, tmp_path, "--providers", "cpu", "--warmup-runs", "1000000", wait_ready=False)
     try:
         ready = httpx.get(server.url + "/health/ready")
         assert (
@@ -145,11 +158,14 @@ def test_ready_only_after_warm_up_and_sigterm_drains_in_flight_requests(models_d
         )
         early = post(server.url, encode(photo("color.png"), quality=90))
         assert early.status_code == 503 and early.json()["error"]["code"] == "not_ready"
-        deadline = time.monotonic() + 60
-        while httpx.get(server.url + "/health/ready").status_code != 200:
-            assert time.monotonic() < deadline, "never became ready"
-            time.sleep(0.05)
+    finally:
+        server.process.kill()
+        server.process.wait()
 
+
+def test_ready_after_warm_up_and_sigterm_drains_in_flight_requests(models_dir, tmp_path, references):
+    server = start_server(models_dir, tmp_path, "--providers", "cpu", "--max-batch-size", "8", "--decode-threads", "1")
+    try:
         images = [slow_png(rgb) for rgb in ((200, 30, 30), (30, 200, 30), (30, 30, 200))]
         results: list = [None] * len(images)
 

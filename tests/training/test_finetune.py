@@ -89,13 +89,13 @@ def test_after_the_head_phase_the_whole_net_trains_at_the_lower_lr(tmp_path, pho
     assert metrics(out)[-2]["lr"] == pytest.approx(0.01)
 
 
-def test_phase_defaults_one_head_epoch_lr_over_ten_and_bn_frozen_below_16():
+def test_phase_defaults_one_head_epoch_half_the_lr_and_bn_frozen_below_16():
     config = TrainConfig(arch="resnet20", init_from="x.pt", lr=0.1, batch_size=8, max_steps=100)
     resolved = finetune.resolve(config, steps_per_epoch=12)
-    assert (resolved.head_steps, resolved.finetune_lr, resolved.finetune_bn) == (12, pytest.approx(0.01), "frozen")
+    assert (resolved.head_steps, resolved.finetune_lr, resolved.finetune_bn) == (12, pytest.approx(0.05), "frozen")
     assert finetune.resolve(TrainConfig(init_from="x.pt", lr=0.1, batch_size=16, max_steps=5), 12).head_steps == 5
     assert finetune.resolve(TrainConfig(init_from="x.pt", lr=0.1, batch_size=16, max_steps=5), 12).finetune_bn == "train"
-    assert [finetune.lr_factor(s, resolved) for s in (0, 11, 12, 99)] == pytest.approx([1, 1, 0.1, 0.1])
+    assert [finetune.lr_factor(s, resolved) for s in (0, 11, 12, 99)] == pytest.approx([1, 1, 0.5, 0.5])
     model = models.build("resnet20", 3)
     finetune.set_phase(model, resolved, 0)
     assert [n for n, p in model.named_parameters() if p.requires_grad] == ["fc.weight", "fc.bias"]
