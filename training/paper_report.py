@@ -96,20 +96,25 @@ def _degradation(scale, runs, done, out: Path) -> list[str]:
 
 
 def _verdicts(nets: dict[str, list[dict]]) -> list[str]:
-    """The paper's two claims, judged on the final training error, with the seeds' spread."""
-    lines = []
+    """The paper's claims (deeper plain: higher; deeper ResNet: lower; ResNet against plain at one
+    depth: lower), judged on the final training error; spread: the sum of the two seed stds."""
+    pairs = []
     for kind, expect in (("plain", "higher"), ("resnet", "lower")):
         archs = sorted((a for a in nets if a.startswith(kind)), key=depth_of)
-        if len(archs) < 2:
-            continue
-        shallow, deep = archs[0], archs[-1]
-        a, b = [[_final_train_err(r) for r in nets[x]] for x in (shallow, deep)]
+        if len(archs) >= 2:
+            pairs.append((archs[0], archs[-1], expect))
+    deepest = max(map(depth_of, nets))
+    if f"plain{deepest}" in nets and f"resnet{deepest}" in nets:  # the shortcut's effect at one depth
+        pairs.append((f"plain{deepest}", f"resnet{deepest}", "lower"))
+    lines = []
+    for base, other, expect in pairs:
+        a, b = [[_final_train_err(r) for r in nets[x]] for x in (base, other)]
         diff = statistics.mean(b) - statistics.mean(a)
         spread = sum(statistics.stdev(v) if len(v) > 1 else 0.0 for v in (a, b))
         wanted = diff > 0 if expect == "higher" else diff < 0
         verdict = ("as the paper" if wanted and abs(diff) > spread else
                    "the paper's direction, within the seeds' spread" if wanted else "not as the paper")
-        lines.append(f"- {deep} ends with training error {statistics.mean(b):.2f}% against {shallow}'s "
+        lines.append(f"- {other} ends with training error {statistics.mean(b):.2f}% against {base}'s "
                      f"{statistics.mean(a):.2f}% (difference {diff:+.2f} points, spread {spread:.2f}); the paper: "
                      f"{expect}. Verdict: {verdict}.")
     return lines
@@ -191,7 +196,7 @@ def _deep(scale, runs, done, out: Path) -> list[str]:
     lines = ["### The first steps of 1202-layer nets", "",
              f"{scale.deep_steps} steps of batch {scale.deep_batch} at the warm-up lr of sec. 4.2 (lr/10), seed "
              f"{scale.seeds[0]}; loss of each mini-batch.", "",
-             "| network | params | loss, first 5 steps | loss, last 5 steps | seconds per step |", "|---|---|---|---|---|"]
+             "| network | params | mean loss, first steps | mean loss, last 5 steps | seconds per step |", "|---|---|---|---|---|"]
     fig, ax = plt.subplots(figsize=(6, 4))
     for arch, rec in recs.items():
         losses = [p["loss"] for p in rec["train"]]
