@@ -8,6 +8,7 @@ written by resnet-export, so every server here starts and warms up in about a se
 from __future__ import annotations
 
 import io
+import logging
 import os
 import signal
 import socket
@@ -31,6 +32,15 @@ from bench import photos
 
 IMAGES = photos.folder()  # real photos from scikit-image's wheel, never from outside the repository
 PHOTOS = photos.PHOTOS
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """In-process CLI runs (service.cli.main) send the root logger to JSON lines on the stderr of the moment: undo it after each test."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:], root.level = handlers, level
 
 
 def _resnet_serve() -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import subprocess
 import sys
 from dataclasses import fields
@@ -21,15 +20,6 @@ STABLE_ENV = {
     "RESNET_SERVE_MAX_BODY_BYTES", "RESNET_SERVE_MAX_PIXELS", "RESNET_SERVE_INTRA_OP_THREADS",
     "RESNET_SERVE_DECODE_THREADS", "RESNET_SERVE_REQUEST_TIMEOUT_S", "RESNET_SERVE_PROVIDERS",
 }  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """main() sends the root logger to JSON lines on the stderr of the moment: undo it after each test."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:], root.level = handlers, level
 
 
 def test_every_field_has_a_flag_and_a_stable_variable():

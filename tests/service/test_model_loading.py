@@ -4,7 +4,6 @@ the file and the problem (service.runtime.load_models). The model files are tiny
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -47,15 +46,6 @@ def write_model(folder: Path, name: str, metadata: dict[str, str] | None, side: 
     path.parent.mkdir(parents=True)
     onnx.save(model, path)
     return path
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """main() sends the root logger to JSON lines on the stderr of the moment: undo it after each test."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:], root.level = handlers, level
 
 
 def refusal(folder: Path, default: str = "good") -> str:
