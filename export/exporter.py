@@ -14,7 +14,6 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 

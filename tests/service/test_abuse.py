@@ -13,7 +13,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-import pytest
 
 from .conftest import encode, photo, start_server
 from .test_operations import post, slow_png, wait_for_queue_depth
