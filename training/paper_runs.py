@@ -24,9 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from artifact import write_atomically
-from training import cifar_models, digits, models, probes, synthetic
+from training import cifar_models, digits, models, probes, progress, synthetic
 from training.config import lr_factor
-from training.progress import Progress
 
 DATASETS = ("digits", "synthetic", "cifar10")
 
@@ -171,7 +170,7 @@ def train(run: Run, sets: dict, out: str | os.PathLike, device: str | torch.devi
         record, step = json.loads(state["record"]), state["step"]
     probe_x, probe_y = _batch(run, sets, 0, device)  # one fixed batch, so probes differ only by the weights
     log_every = run.log_every or run.eval_every or 1
-    window, bar, start = [0.0, 0, 0], Progress(run.name, run.max_steps), time.monotonic()
+    window, bar, start = [0.0, 0, 0], progress.bar(run.name, run.max_steps, unit="step"), time.monotonic()
     model.train()
     while step < run.max_steps:
         if step in run.probe_at and str(step) not in record["grads"]:
@@ -192,7 +191,8 @@ def train(run: Run, sets: dict, out: str | os.PathLike, device: str | torch.devi
             # the paper's training error: of the (augmented) mini-batches since the last record
             record["train"].append({"step": step, "loss": window[0] / window[2], "err": 100 * window[1] / window[2],
                                     "lr": optimizer.param_groups[0]["lr"]})
-            bar.update(step, loss=window[0] / window[2], err=100 * window[1] / window[2])
+            bar.set_postfix({"loss": f"{window[0] / window[2]:.4g}", "err": f"{100 * window[1] / window[2]:.4g}"}, refresh=False)
+            bar.update(step - bar.n)
             window = [0.0, 0, 0]
         if run.eval_every and (step % run.eval_every == 0 or step == run.max_steps):
             record["test"].append({"step": step, **evaluate(model, *sets["test"], sets, device)})
