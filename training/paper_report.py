@@ -36,10 +36,10 @@ def write(scale, runs, out: Path, command: str) -> Path:
     lines = [
         f"# He et al. (arXiv 1512.03385) reproduced at the {scale.name} scale",
         "",
-        f"Made by `{command}` ({len(done)} of {len(runs)} runs finished, {seconds / 60:.1f} min of training "
-        f"in total, on {_devices(done)}). Recipe of every training run: SGD, momentum 0.9, weight decay 1e-4, "
-        f"batch {scale.batch}, lr {scale.lr:g} divided by 10 at steps {', '.join(map(str, scale.lr_milestones))}, "
-        f"{scale.max_steps} steps, pad-and-crop augmentation (sec. 4.2), {scale.size}x{scale.size} inputs, "
+        f"Made by `{command}` ({len(done)} of {len(runs)} runs finished, {seconds / 60:.1f} min of training, "
+        f"wall clock summed over the runs, on {_devices(done)}). Recipe of every training run: SGD, momentum 0.9, "
+        f"weight decay 1e-4, batch {scale.batch}, lr {scale.lr:g} divided by 10 at steps "
+        f"{', '.join(map(str, scale.lr_milestones))}, {scale.max_steps} steps in all, pad-and-crop augmentation (sec. 4.2), {scale.size}x{scale.size} inputs, "
         f"the same for every network. Seeds: {', '.join(map(str, scale.seeds))}.",
         "",
     ]
