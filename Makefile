@@ -147,6 +147,7 @@ bench-per-image: install
 	$(BIN)/python -m bench.models $(RESULTS)/models
 	$(BIN)/resnet-bench --models $(RESULTS)/models --only resnet18,resnet18-int8,resnet152 --rounds 3 \
 		--out $(RESULTS)/per-image
+
 # --- the GPU device check (bench/gpu_check.py, docs/gpu.md) ---------------------------------------
 # owner: gpu. On a machine with an NVIDIA GPU and onnxruntime-gpu: export, raw ONNX Runtime CUDA,
 # resnet-serve under resnet-bench, resnet50 training; about 4 minutes on an H200. Without a GPU it
