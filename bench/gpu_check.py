@@ -25,14 +25,12 @@ import os
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 
-ARCHS = ("resnet18", "resnet152")
-BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+from bench.gpu_report import ARCHS, BATCHES, targets, write
+
 CONCURRENCY = "1,4,16,64,128,256"
 # The issue's targets (docs/gpu.md): measured on the device in one run; reported, not asserted.
-TARGETS = {"raw_resnet18_fp16": 10_000, "service_x_raw": 0.7, "fp16_x_fp32": 1.8, "train_resnet50": 2_500}
 
 
 def say(message: str, started: float = time.monotonic()) -> None:
@@ -87,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                         results["service_variants"][variant] = _service(args, models, variant.split(), f"service-{i}")
                     except Exception as error:  # noqa: BLE001 - the next variant may still run
                         results["errors"][f"service {variant}"] = f"{type(error).__name__}: {error}"[-2000:]
-                    _write(args.out, results)
+                    write(args.out, results)
                 results[phase] = next(iter(results["service_variants"].values()))
             else:
                 results[phase] = _service(args, models) if phase == "service" else _subprocess(phase, args, models)
@@ -95,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
             results["errors"][phase] = f"{type(error).__name__}: {error}"[-2000:]
             say(f"{phase} FAILED: {results['errors'][phase][-500:]}")
         results.setdefault("seconds", {})[phase] = round(time.monotonic() - started, 1)
-        _write(args.out, results)  # after every phase: a run cut short keeps what it measured
+        write(args.out, results)  # after every phase: a run cut short keeps what it measured
     results["targets"] = targets(results)
-    _write(args.out, results)
+    write(args.out, results)
     print((args.out / "table.md").read_text())
     return 0
 
@@ -279,123 +277,6 @@ def cli_train_phase(args, models: Path) -> dict:
 
 
 PHASES = {"export": export_phase, "raw": raw_phase, "train": train_phase, "cli-train": cli_train_phase}
-
-
-# --- report ----------------------------------------------------------------------------------------
-def targets(results: dict) -> list[dict]:
-    """Each of the issue's targets with the measured figure and whether it holds."""
-    rows = []
-    raw = results.get("raw", {}).get("points", [])
-    best = {m: max((p for p in raw if p["model"] == m), key=lambda p: p["images_per_s"]) for m in {p["model"] for p in raw}}
-    if "resnet18-fp16" in best:
-        b = best["resnet18-fp16"]
-        rows.append(("resnet18 fp16 raw ORT CUDA, best batch (host-to-host)", f">= {TARGETS['raw_resnet18_fp16']} img/s",
-                     f"{b['images_per_s']:.0f} img/s at batch {b['batch']} "
-                     f"(compute only {max(p['compute_images_per_s'] for p in raw if p['model'] == 'resnet18-fp16'):.0f})",
-                     b["images_per_s"] >= TARGETS["raw_resnet18_fp16"]))
-    for arch in ARCHS:
-        if arch in best and f"{arch}-fp16" in best:
-            ratio = best[f"{arch}-fp16"]["images_per_s"] / best[arch]["images_per_s"]
-            rows.append((f"{arch} fp16 / fp32 (best raw)", f">= {TARGETS['fp16_x_fp32']}x", f"{ratio:.2f}x",
-                         ratio >= TARGETS["fp16_x_fp32"]))
-    service = results.get("service", {}).get("service", [])
-    for name in ("resnet18-fp16", "resnet18"):
-        runs = [r for r in service if r["model"] == name]
-        if runs and name in best:
-            top = max(runs, key=lambda r: r["images_per_s"])
-            ratio = top["images_per_s"] / best[name]["images_per_s"]
-            rows.append((f"service {name} / raw best", f">= {TARGETS['service_x_raw']}x",
-                         f"{ratio:.2f}x ({top['images_per_s']:.0f} img/s at concurrency {top['concurrency']}, "
-                         f"{top.get('payload', '')})", ratio >= TARGETS["service_x_raw"]))
-    if "train" in results:
-        t = results["train"]["images_per_s"]
-        rows.append(("resnet50 training, bf16 + channels-last", f">= {TARGETS['train_resnet50']} img/s",
-                     f"{t:.0f} img/s", t >= TARGETS["train_resnet50"]))
-    return [{"target": a, "goal": b, "measured": c, "holds": d} for a, b, c, d in rows]
-
-
-def table(results: dict) -> str:
-    meta = results["meta"]
-    lines = [f"# GPU check: {meta['gpu']}", "",
-             f"onnxruntime {meta['onnxruntime']}, Python {meta['python']}, {meta['cpus']} CPUs, {meta['started']}; "
-             f"`{meta['command']}`", ""]
-    if results.get("targets"):
-        lines += ["| target | goal | measured | holds |", "| --- | --- | --- | --- |"]
-        lines += [f"| {t['target']} | {t['goal']} | {t['measured']} | {'yes' if t['holds'] else 'NO'} |" for t in results["targets"]]
-        lines.append("")
-    raw = results.get("raw", {}).get("points", [])
-    if raw:
-        lines += ["## Raw ONNX Runtime CUDA (service runtime, I/O binding), img/s host-to-host (compute only)", "",
-                  "| model | " + " | ".join(f"b{b}" for b in BATCHES) + " |", "| --- |" + " ---: |" * len(BATCHES)]
-        for name in sorted({p["model"] for p in raw}):
-            by = {p["batch"]: p for p in raw if p["model"] == name}
-            lines.append(f"| {name} | " + " | ".join(
-                f"{by[b]['images_per_s']:.0f} ({by[b]['compute_images_per_s']:.0f})" if b in by else "" for b in BATCHES) + " |")
-        lines += ["", "bound vs plain session.run, max |logit diff|: " + ", ".join(
-            f"{k} {v:.1e}" for k, v in results["raw"]["bound_vs_plain_max_abs_diff"].items()), ""]
-    service = results.get("service", {}).get("service", [])
-    if service:
-        lines += ["## resnet-serve on CUDA under resnet-bench", "", "| model | payload | concurrency | img/s | p50 ms | p99 ms |",
-                  "| --- | --- | ---: | ---: | ---: | ---: |"]
-        lines += [f"| {r['model']} | {r.get('payload', '')} | {r['concurrency']} | {r['images_per_s']:.0f} | "
-                  f"{r.get('p50_ms', 0):.1f} | {r.get('p99_ms', 0):.1f} |" for r in service]
-        lines += ["", "decode + preprocess, ms per image on one thread: " + json.dumps(results["service"]["decode_ms"]), ""]
-    if results.get("service_variants"):
-        lines += ["## resnet-serve variants (img/s by concurrency; p50 ms)", ""]
-        for variant, run in results["service_variants"].items():
-            lines.append(f"- `{variant or 'defaults'}`: " + ", ".join(
-                f"{r['model']} c={r['concurrency']} {r['images_per_s']:.0f} ({r['p50_ms']:.0f} ms, batch {r.get('mean_batch', 0):.1f})"
-                for r in run["service"]))
-        lines.append("")
-    if "train" in results:
-        t = results["train"]
-        lines += [f"## Training: resnet50 {t['images_per_s']:.0f} img/s ({t['settings']}, batch {t['batch']}, "
-                  f"{t['steps']} steps, {t['seconds']} s, torch {t['torch']})", ""]
-    if "cli-train" in results:
-        c = results["cli-train"]
-        lines += [f"resnet-train (DataLoader rendering included): {c['images_per_s']} img/s best window; `{c['command']}`", ""]
-    if "export" in results:
-        lines += ["## Export (resnet-export, fp16 gate on the GPU)", ""]
-        lines += [f"- {k}: {v.get('gate', 'FAILED rc ' + str(v['rc']))}, {v['seconds']} s, {v['mb']} MB"
-                  f"{', ' + v['judgement'] if v.get('judgement') else ''}" for k, v in results["export"].items()]
-        lines.append("")
-    if results["errors"]:
-        lines += ["## Errors", ""] + [f"- {k}: {v[-300:]}" for k, v in results["errors"].items()]
-    return "\n".join(lines) + "\n"
-
-
-def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    raw = results.get("raw", {}).get("points", [])
-    for name in sorted({p["model"] for p in raw}):
-        pts = [p for p in raw if p["model"] == name]
-        left.plot([p["batch"] for p in pts], [p["images_per_s"] for p in pts], marker="o", label=name)
-    left.set(xscale="log", yscale="log", xlabel="batch", ylabel="img/s (host to host)", title="raw ONNX Runtime CUDA")
-    left.legend()
-    service = results.get("service", {}).get("service", [])
-    for key in sorted({(r["model"], r.get("payload", "")) for r in service}):
-        pts = [r for r in service if (r["model"], r.get("payload", "")) == key]
-        right.plot([r["concurrency"] for r in pts], [r["images_per_s"] for r in pts], marker="o", label=" ".join(key))
-    right.set(xscale="log", xlabel="concurrent connections", ylabel="img/s", title="resnet-serve on CUDA")
-    if service:
-        right.legend()
-    fig.suptitle(results["meta"]["gpu"])
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-
-
-def _write(out: Path, results: dict) -> None:
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    (out / "table.md").write_text(table(results))
-    try:
-        plot(results, out / "gpu.png")
-    except Exception:  # noqa: BLE001 - the plot is a convenience; the JSON and table hold the numbers
-        traceback.print_exc()
 
 
 if __name__ == "__main__":

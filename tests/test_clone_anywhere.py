@@ -2,8 +2,8 @@
 
 The repository is cloned (its committed state) into an empty temporary folder with nothing beside it,
 and the tests that read real photos run there, with this environment's installed packages and the
-clone's own code first on the path. A test or bench module that reached for `../shared` or any other
-file beside the checkout fails here, as it would in a user's clone.
+clone's own code first on the path. A test or bench module that reached for any file beside the
+checkout fails here, as it would in a user's clone.
 """
 
 from __future__ import annotations
