@@ -63,8 +63,8 @@ class ServeConfig:
     max_body_bytes: int = _opt(20_000_000, "largest request body, in bytes (413 beyond)")
     max_pixels: int = _opt(50_000_000, "largest image, in pixels (width x height), read from its header (413 beyond)")
     max_images: int = _opt(32, "most images in one multipart upload (413 beyond)")
-    # 0 shares the cores out between the models (runtime.model_threads; issue 12, docs/robustness.md).
-    intra_op_threads: int = _opt(0, "ONNX Runtime threads per model; 0 = the available CPUs divided among the models")
+    # 0 gives every model every core; the measurements behind it: runtime.model_threads.
+    intra_op_threads: int = _opt(0, "ONNX Runtime threads per model; 0 = one per available CPU")
     decode_threads: int = _opt(0, "threads decoding and preprocessing images; 0 = one per available CPU")
     request_timeout_s: float = _opt(30.0, "deadline of a request from arrival, in seconds (504 beyond)")
     providers: tuple[str, ...] = _opt(

@@ -86,22 +86,25 @@ class LoadedModel:
         return time.perf_counter() - started
 
 
-def model_threads(config: ServeConfig, models: int) -> int:
-    """Intra-op threads for each of `models` sessions: the configured number, or the CPUs shared out.
+def model_threads(config: ServeConfig) -> int:
+    """Intra-op threads for each model's session: the configured number, or every available CPU.
 
-    Every session's pool defaulted to every core, so two busy models ran 2 x cores threads on the
-    cores, each batch slowed by the other's (issue 12: one resnet18 client's p50 went from 7 ms to
-    147-176 ms while 32 clients flooded resnet152). Disjoint shares isolate the models; a shared
-    inference lock would instead make a resnet18 request wait out a whole resnet152 batch.
-    Measurements: docs/robustness.md, section Two models at once.
+    Issue 12 tried giving each model a disjoint share of the cores, so that a flood on one model
+    could not slow another's batches. Measured on the idle 2-core box (docs/robustness.md, Two models
+    at once; docs/performance-per-image.md), the share cost a model serving alone half the machine
+    (0.45-0.55x raw ONNX Runtime at 8 clients, against 0.68-0.79x with every core), while the
+    isolation came from the fair decode queue (pipeline.py): with every core per model, a resnet18
+    client's p50 under a 32-client resnet152 flood was 2.1x its idle p50 (3.8 -> 8.0 ms) and mixed
+    throughput 1.02x the time-shared ideal. So every session gets every core; --intra-op-threads N
+    sets a share where isolation matters more than a single model's speed.
     """
-    return config.intra_op_threads or max(1, available_cpus() // max(1, models))
+    return config.intra_op_threads or available_cpus()
 
 
 def session_options(config: ServeConfig, threads: int | None = None) -> ort.SessionOptions:
     """Threads and optimisation for one session; one batch runs at a time per model (the batcher)."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or model_threads(config, 1)
+    options.intra_op_num_threads = threads or model_threads(config)
     # One batch at a time per model and a straight-line graph: inter-op parallelism has nothing to do.
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -218,7 +221,7 @@ def load_models(config: ServeConfig) -> dict[str, LoadedModel]:
     """Every model in config.models by its served name; the default model must be among them."""
     models: dict[str, LoadedModel] = {}
     paths = discover(config.models)
-    threads = model_threads(config, len(paths))
+    threads = model_threads(config)
     for path in paths:
         model = load_model(path, config, threads)
         if model.name in models:
