@@ -204,7 +204,7 @@ def _baseline_runs(config: BenchConfig, cards: dict, files: dict, serving) -> li
     for model, card in cards.items():
         if card["precision"] != "fp32":
             continue  # eager PyTorch has no int8 path for these files: the baseline is the fp32 network
-        threads = model_threads(serving, 1)  # the baseline runs one model, as each raw ORT point does
+        threads = model_threads(serving)  # the baseline runs one model, as each raw ORT point does
         say(f"starting the PyTorch eager baseline for {model} ({threads} threads)")
         with servers.start_baseline(Path(card["file"]), threads, config.out / "logs") as server:
             for kind in files:
