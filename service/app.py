@@ -50,7 +50,8 @@ _ERROR_RESPONSES = {
         422: "bad query parameter (top_k outside 1..num_classes, wrong type, model and depth disagree)",
         431: "more than 100 headers, or over 16 KiB of them",
         500: "the model's batching loop died (the service needs a restart), or inference failed",
-        503: "the model's queue is full, the read budget is taken, or the service is warming up (see Retry-After)",
+        503: "the model's queue is full, the read budget is taken, the service is warming up, or it is shutting "
+        "down (draining; the connection is closed): see Retry-After",
         504: "the request waited past request_timeout_s or its budget_ms",
     }.items()
 }
@@ -334,7 +335,9 @@ def create_app(
         route_handlers=[classify, classify_with, list_models, describe_model, live, ready, prometheus, oip.router],
         lifespan=[lifespan],
         exception_handlers={Exception: error_response},
-        middleware=[RequestContext, DefineMiddleware(server.BodyDeadline, timeout_s=config.body_timeout_s)],
+        middleware=[RequestContext, DefineMiddleware(
+            server.BodyDeadline, timeout_s=config.body_timeout_s, max_body_bytes=config.max_body_bytes
+        )],
         # The classify routes enforce max_body_bytes themselves (uploads.py), with our error shape;
         # no other route reads a body.
         request_max_body_size=None,

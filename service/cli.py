@@ -6,7 +6,9 @@
 Uvicorn runs the app: it is the reference ASGI server Litestar documents, a single process whose
 event loop owns the batchers (a batch can only gather requests that reach the same process), and its
 SIGTERM handling is the drain we want: stop accepting, let in-flight requests finish (up to
---drain-timeout-s), then run the lifespan shutdown, which drains the queues and closes the pools.
+--drain-timeout-s), answer a request that still arrives on an open connection 503 draining
+(--drain-grace-s, service/server.py), then run the lifespan shutdown, which drains the queues and
+closes the pools.
 Scale out with more processes or pods behind a load balancer, not with in-process workers.
 
 Models are loaded before the server starts, so a bad folder or file fails fast: one line on stderr,
@@ -18,14 +20,13 @@ from __future__ import annotations
 import logging
 import sys
 
-import uvicorn
 
 import cliconfig
 from service import cascade_file, ladder as ladders, logs
 from service.app import create_app
 from service.config import ConfigError, parse
 from service.runtime import ModelLoadError, load_models
-from service.server import uvicorn_config
+from service.server import DrainingServer, uvicorn_config
 
 log = logging.getLogger("service.cli")
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         extra={"ladder": list(ladder.rungs), "calibrated": policy.calibrated},
     )  # fmt: skip
     log.info("starting", extra={"config": {k: str(v) for k, v in vars(config).items()}})
-    server = uvicorn.Server(uvicorn_config(create_app(config, models, ladder, policy), config))  # client timeouts
+    server = DrainingServer(uvicorn_config(create_app(config, models, ladder, policy), config))  # client timeouts
     server.run()
     return 0 if server.started else 1
 

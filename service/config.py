@@ -81,6 +81,9 @@ class ServeConfig:
     )
     warmup_runs: int = _opt(2, "inferences per model and batch shape before /health/ready reports ready")
     drain_timeout_s: float = _opt(30.0, "on SIGTERM, seconds to let in-flight requests finish")
+    drain_grace_s: float = _opt(
+        2.0, "on SIGTERM, seconds an idle connection may still send a request (503 draining), at most header_timeout_s"
+    )
     # Client timeouts and the read budget (issue 12, docs/robustness.md): uvicorn has no header or
     # body read timeout of its own, so service/server.py adds them.
     header_timeout_s: float = _opt(
@@ -103,7 +106,7 @@ class ServeConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)!r}")
-        for name in ("intra_op_threads", "decode_threads", "max_delay_ms", "drain_timeout_s"):
+        for name in ("intra_op_threads", "decode_threads", "max_delay_ms", "drain_timeout_s", "drain_grace_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("request_timeout_s", "header_timeout_s", "body_timeout_s", "keep_alive_timeout_s"):

@@ -89,6 +89,16 @@ class NotReady(ServiceError):
         super().__init__(message, headers={"Retry-After": "1"}, **details)
 
 
+class Draining(ServiceError):
+    """The process got SIGTERM: a request that arrives during the drain is refused, and its connection
+    closed, so that the client retries on another replica (service/server.py)."""
+
+    status, code = 503, "draining"
+
+    def __init__(self, message: str, **details) -> None:
+        super().__init__(message, headers={"Retry-After": "1", "Connection": "close"}, **details)
+
+
 class DeadlineExceeded(ServiceError):
     """A request waited past request_timeout_s (queued behind others, or a slow inference)."""
 

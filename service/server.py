@@ -20,18 +20,33 @@ itself is protected (a proxy in front may add its own timeouts, not replace thes
 
 A slow client therefore holds a connection and a few kilobytes of buffers for at most
 header_timeout_s + body_timeout_s, never a decode thread or a queue slot (service/admission.py).
+
+On SIGTERM uvicorn closes the listening socket, lets running requests finish (answered with
+`Connection: close`), and closes every other connection at once, so a request already on the wire
+to a kept-alive connection, or a head half read, was lost: the client saw the connection close
+without an answer and could not tell whether its POST ran (docs/robustness.md, Faults). Here a
+connection between requests keeps drain_grace_s (at most header_timeout_s; a head already begun
+keeps its head deadline) to deliver a request, which is answered 503 `draining` with Retry-After
+and `Connection: close`, then closed. Go's http.Server.Shutdown closes idle connections at once
+but gives one that has sent nothing yet 5 s; Kubernetes has taken the pod out of its endpoints
+by then, so what still arrives was already on its way. Connections the kernel had accepted but
+the process had not (the listen backlog) are reset when the socket closes: `DrainingServer`
+counts them in its log line, it cannot answer them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 
+import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from service.config import ServeConfig
-from service.errors import BodyTimeout, HeadersTooLarge
+from service.errors import BodyTimeout, Draining, HeadersTooLarge
 
 log = logging.getLogger("service.server")
 
@@ -40,17 +55,40 @@ log = logging.getLogger("service.server")
 # uvicorn's own 16 KiB, and Apache's LimitRequestFields of 100 headers.
 MAX_HEAD_BYTES = 16 * 1024
 MAX_HEADERS = 100
+DRAINING = "resnet_serving.draining"  # ASGI scope key: the request arrived after SIGTERM
 
 
 class HeadDeadline(H11Protocol):
     """uvicorn's h11 protocol, closing a connection whose request head is not complete in time."""
 
     head_timeout_s = 10.0  # set per server by uvicorn_config()
+    drain_grace_s = 2.0
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._head_timer: asyncio.TimerHandle | None = None
+        self._grace_timer: asyncio.TimerHandle | None = None
         self._arm()
+
+    def shutdown(self) -> None:
+        """SIGTERM: a running request is answered, then the connection closed (uvicorn); one that
+        arrives within the grace is answered 503 draining, then closed (BodyDeadline)."""
+        if not self._between_requests() or self.transport.is_closing() or self.drain_grace_s <= 0:
+            super().shutdown()
+            return
+        self.app = _Draining(self.app)  # the next cycle runs this (H11Protocol.handle_events)
+        if not self._head_begun():  # a head already begun keeps its head deadline
+            grace = min(self.drain_grace_s, self.head_timeout_s)
+            self._grace_timer = self.loop.call_later(grace, self._close_idle)
+
+    def _head_begun(self) -> bool:
+        return bool(self.conn.trailing_data[0])  # bytes h11 holds that are not yet a whole head
+
+    def _close_idle(self) -> None:
+        self._grace_timer = None
+        if self._between_requests() and not self._head_begun() and not self.transport.is_closing():
+            self.conn.send(h11.ConnectionClosed())  # as uvicorn's shutdown does, a grace later
+            self.transport.close()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -58,6 +96,8 @@ class HeadDeadline(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
         super().connection_lost(exc)
 
     def _between_requests(self) -> bool:
@@ -81,14 +121,49 @@ class HeadDeadline(H11Protocol):
             self.transport.close()
 
 
+class _Draining:
+    """The app as seen by a request that arrives on a connection after SIGTERM: marked draining."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        scope[DRAINING] = True
+        await self.app(scope, receive, send)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, saying on SIGTERM where each connection stands as the drain begins."""
+
+    async def shutdown(self, sockets=None) -> None:
+        connections = list(self.server_state.connections)
+        running = sum(1 for c in connections if getattr(c, "cycle", None) and not c.cycle.response_complete)
+        backlog = sum(_accept_queue(s) for server in self.servers for s in server.sockets)
+        fields = {"running": running, "between_requests": len(connections) - running, "backlog": backlog}
+        level = logging.WARNING if backlog else logging.INFO
+        log.log(level, "draining: %d requests running, %d connections between requests (503 draining within "
+                "the grace), %d unaccepted connections in the listen backlog (reset)", *fields.values(), extra=fields)
+        await super().shutdown(sockets)
+
+
+def _accept_queue(sock) -> int:
+    """Connections the kernel accepted on a listening socket and the process has not: Linux's
+    tcp_info.tcpi_unacked holds sk_ack_backlog for a listener (include/uapi/linux/tcp.h); 0 elsewhere."""
+    try:
+        return struct.unpack_from("I", sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104), 24)[0]
+    except (AttributeError, OSError, struct.error):
+        return 0
+
+
 class BodyDeadline:
     """ASGI middleware: 431 for a head over MAX_HEAD_BYTES or MAX_HEADERS; 408 if the body is not
     all in within `timeout_s` of the head; a response that starts before the body was read to its
-    end carries `Connection: close`."""
+    end carries `Connection: close`; a request that arrived after SIGTERM gets 503 `draining`."""
 
-    def __init__(self, app, timeout_s: float) -> None:
+    def __init__(self, app, timeout_s: float, max_body_bytes: int) -> None:
         self.app = app
         self.timeout_s = timeout_s
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -121,6 +196,17 @@ class BodyDeadline:
                 body_done = True
             return message
 
+        if scope.get(DRAINING):
+            # Read what was sent and drop it, so that the close after the 503 sends no RST over
+            # unread bytes (which can destroy the answer in the client's buffer); bounded in time
+            # by the deadline above and in bytes by max_body_bytes.
+            length = headers.get(b"content-length", b"")
+            if not (length.isdigit() and int(length) > self.max_body_bytes):
+                read = 0
+                while not body_done and read <= self.max_body_bytes:
+                    read += len((await receive_in_time()).get("body", b""))
+            raise Draining("the service is shutting down (SIGTERM); retry, another replica will answer")
+
         async def send_closing(message) -> None:
             if message["type"] == "http.response.start" and not body_done:
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
@@ -132,7 +218,9 @@ class BodyDeadline:
 
 def uvicorn_config(app, config: ServeConfig) -> uvicorn.Config:
     """Uvicorn's settings for `app`: the drain on SIGTERM and every client timeout above."""
-    protocol = type("HeadDeadline", (HeadDeadline,), {"head_timeout_s": config.header_timeout_s})
+    protocol = type(
+        "HeadDeadline", (HeadDeadline,), {"head_timeout_s": config.header_timeout_s, "drain_grace_s": config.drain_grace_s}
+    )
     return uvicorn.Config(
         app,
         host=config.host,

@@ -4,8 +4,10 @@ readiness before warm-up, SIGTERM drain, and the CUDA-to-CPU provider fallback."
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
+import socket
 import threading
 import time
 
@@ -192,3 +194,71 @@ def test_ready_after_warm_up_and_sigterm_drains_in_flight_requests(models_dir, t
     assert "stopped: queues drained, pools closed" in server.log()
     with pytest.raises(httpx.TransportError):
         httpx.get(server.url + "/health/live")
+
+
+def _exchange(sock, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send one HTTP/1.1 request on `sock`; its status, headers and body (by Content-Length)."""
+    sock.sendall(request)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection closed without an answer after {data!r}"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
+    while len(body) < int(headers.get("content-length", 0)):
+        chunk = sock.recv(65536)
+        assert chunk, "the connection closed in the middle of an answer"
+        body += chunk
+    return int(status_line.split()[1]), headers, body
+
+
+def test_a_request_that_arrives_during_the_sigterm_drain_gets_503_draining_and_a_close(models_dir, tmp_path, jpeg_bytes):
+    # Three connections open when SIGTERM comes: one kept alive after a request, one that has sent
+    # nothing, one halfway through its head. Each request that arrives on them during the drain is
+    # answered 503 draining and the connection closed; uploads in flight are answered 200. Long
+    # timeouts and grace, so that no timer of the drain can run out before the test acts.
+    server = start_server(
+        models_dir, tmp_path, "--providers", "cpu", "--decode-threads", "1", "--drain-grace-s", "60",
+        "--header-timeout-s", "60", "--keep-alive-timeout-s", "120",
+    )  # fmt: skip
+    port = int(server.url.rsplit(":", 1)[1])
+    upload = (
+        b"POST /classify HTTP/1.1\r\nHost: t\r\nContent-Type: image/jpeg\r\n"
+        + f"Content-Length: {len(jpeg_bytes)}\r\n\r\n".encode() + jpeg_bytes
+    )  # fmt: skip
+    kept, silent, halfway = (socket.create_connection(("127.0.0.1", port), timeout=60) for _ in range(3))
+    try:
+        assert _exchange(kept, b"GET /health/ready HTTP/1.1\r\nHost: t\r\n\r\n")[0] == 200
+        halfway.sendall(upload[:30])
+        images = [slow_png(rgb) for rgb in ((200, 30, 30), (30, 200, 30))]
+        results: list = [None] * len(images)
+        threads = [
+            threading.Thread(target=lambda i=i: results.__setitem__(i, post(server.url, images[i], "image/png")))
+            for i in range(len(images))
+        ]
+        for thread in threads:
+            thread.start()
+        wait_for_queue_depth(server.url, len(images))
+        server.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while '"message": "draining:' not in server.log():
+            assert time.monotonic() < deadline, "the server never logged the start of its drain"
+            time.sleep(0.01)
+        halfway.sendall(upload[30:])
+        for sock, request in ((kept, upload), (silent, upload), (halfway, b"")):
+            status, headers, body = _exchange(sock, request)
+            assert status == 503 and json.loads(body)["error"]["code"] == "draining", body
+            assert headers["connection"] == "close" and headers["retry-after"] == "1"
+            assert sock.recv(1) == b"", "the connection stayed open after the 503"
+        for thread in threads:
+            thread.join()
+        assert [r.status_code for r in results] == [200, 200], [r.text for r in results]
+        assert server.process.wait(timeout=60) in (0, -signal.SIGTERM)
+    finally:
+        for sock in (kept, silent, halfway):
+            sock.close()
+        server.stop()
+    # The two uploads were running; the three connections above, and any the probes left, were not.
+    assert re.search(r'"running": 2, "between_requests": ([3-9]|\d\d)', server.log()), server.log()[-3000:]
