@@ -13,7 +13,7 @@ slow-clients: resnet18 throughput at concurrency 8, alone and beside 200 connect
   send their headers a byte a second, or trickle a body a byte a second; and the server's RSS.
 soak: both models at saturation with single, multipart, 12 MP and corrupt uploads; every status
   counted, the server's RSS, threads and open files sampled each second, the RSS curve as a PNG.
-faults: a model file replaced on disk while serving (same answers), SIGTERM under 32 clients (each
+faults: a model file replaced on disk while serving (same answers), SIGTERM under 32 closed-loop clients (each
   answered or refused cleanly), kill -9 under load, then a restart (ready, serving).
 
 Flags after `--` go to resnet-serve. Everything runs on this machine: the load generators compete

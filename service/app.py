@@ -296,6 +296,9 @@ class RequestContext:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except errors.ServiceError as error:  # raised by inner middleware (server.BodyDeadline): answered
+            status = error.status  # by Litestar's handler outside this one, so logged with its status here
+            raise
         finally:
             fields = {
                 "request_id": request_id,

@@ -262,3 +262,20 @@ def test_a_request_that_arrives_during_the_sigterm_drain_gets_503_draining_and_a
         server.stop()
     # The two uploads were running; the three connections above, and any the probes left, were not.
     assert re.search(r'"running": 2, "between_requests": ([3-9]|\d\d)', server.log()), server.log()[-3000:]
+
+
+def test_the_listen_queue_is_accepted_whole_before_the_socket_closes():
+    # DrainingServer accepts these on SIGTERM: closing the listener would reset each one.
+    from asyncio.trsock import TransportSocket
+
+    from service.server import _accept_queued
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        clients = [socket.create_connection(listener.getsockname()) for _ in range(3)]
+        try:
+            accepted = _accept_queued(TransportSocket(listener))
+            assert len(accepted) == 3 and all(not conn.getblocking() for conn in accepted)
+            assert _accept_queued(TransportSocket(listener)) == []
+        finally:
+            for sock in [*clients, *accepted]:
+                sock.close()
