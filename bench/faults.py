@@ -57,7 +57,7 @@ def _sigterm_under_load(server, data: bytes) -> dict:
     """SIGTERM_CLIENTS clients for SIGTERM_AFTER_S, then SIGTERM: every outcome before and after it."""
     import httpx
 
-    outcomes: dict[str, dict[str, int]] = {"before_sigterm": {}, "after_sigterm": {}}
+    outcomes: dict = {"before_sigterm": {}, "after_sigterm": {}}
     signalled = asyncio.Event()
 
     def count(outcome: str) -> None:
@@ -65,12 +65,15 @@ def _sigterm_under_load(server, data: bytes) -> dict:
         phase[outcome] = phase.get(outcome, 0) + 1
 
     async def client(http, headers: dict) -> None:
+        kind = "per-request connection" if "Connection" in headers else "kept-alive"
         while True:
             try:
                 response = await http.post("/classify", content=data, headers=headers)
                 outcome = str(response.status_code)
+                if response.status_code != 200:  # its error code: 503 draining, or overloaded
+                    outcome += " " + response.json().get("error", {}).get("code", "")
             except httpx.HTTPError as error:  # ReadError, RemoteProtocolError, WriteError: sent, unanswered
-                outcome = "refused" if _refused(error) else f"lost ({type(error).__name__})"
+                outcome = "refused" if _refused(error) else f"lost ({type(error).__name__}, {kind})"
             count(outcome)
             if signalled.is_set() and outcome != "200":
                 return
@@ -82,11 +85,14 @@ def _sigterm_under_load(server, data: bytes) -> dict:
             tasks = [asyncio.create_task(client(http, kept if i % 2 else closing)) for i in range(SIGTERM_CLIENTS)]
             await asyncio.sleep(SIGTERM_AFTER_S)
             server.process.send_signal(signal.SIGTERM)
+            signalled_at.append(time.monotonic())
             signalled.set()
             await asyncio.gather(*tasks)
 
+    signalled_at: list[float] = []
     asyncio.run(run())
-    server.process.wait(timeout=60)
+    server.process.wait(timeout=60)  # the drain: the grace, or drain_timeout_s if a connection outlasts it
+    outcomes["exit_after_sigterm_s"] = round(time.monotonic() - signalled_at[0], 2)
     drain = [json.loads(line) for line in server.log_path.read_text().splitlines() if '"message": "draining:' in line]
     keys = ("running", "between_requests", "accepted_at_close")
     return {**outcomes, "server_at_sigterm": {k: drain[0][k] for k in keys} if drain else None}

@@ -271,7 +271,7 @@ def test_the_listen_queue_is_accepted_whole_before_the_socket_closes():
     from service.server import _accept_queued
 
     with socket.create_server(("127.0.0.1", 0)) as listener:
-        clients = [socket.create_connection(listener.getsockname()) for _ in range(3)]
+        clients, accepted = [socket.create_connection(listener.getsockname()) for _ in range(3)], []
         try:
             accepted = _accept_queued(TransportSocket(listener))
             assert len(accepted) == 3 and all(not conn.getblocking() for conn in accepted)
