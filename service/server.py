@@ -63,7 +63,8 @@ DRAINING = "resnet_serving.draining"
 
 
 class HeadDeadline(H11Protocol):
-    """uvicorn's h11 protocol, closing a connection whose request head is not complete in time."""
+    """uvicorn's h11 protocol, closing a connection whose request head is not complete in time, and
+    answering what arrives during the SIGTERM drain (module docstring)."""
 
     head_timeout_s = 10.0  # set per server by uvicorn_config()
     drain_grace_s = 2.0
@@ -73,6 +74,7 @@ class HeadDeadline(H11Protocol):
         super().connection_made(transport)
         self._head_timer: asyncio.TimerHandle | None = None
         self._grace_timer: asyncio.TimerHandle | None = None
+        self._shut_down = False
         self._arm()
         if self.draining:
             # Accepted before SIGTERM, made after: uvicorn's shutdown never saw it, and it served a
@@ -82,9 +84,12 @@ class HeadDeadline(H11Protocol):
     def shutdown(self) -> None:
         """SIGTERM: a running request is answered with `Connection: close`, then the connection is
         closed; one that arrives within the grace is answered 503 draining, then closed."""
+        if self._shut_down:  # made after SIGTERM (connection_made), then shut down again by uvicorn
+            return
+        self._shut_down = True
         if not self._between_requests():
-            # uvicorn closes after the response but does not say so in it: a kept-alive client would
-            # send its next request into the closing connection (measured: lost, ReadError).
+            # uvicorn closes after the response but does not say so in it (RFC 9112 9.6: SHOULD): a
+            # kept-alive client sent its next request into the closing connection (measured: ReadError).
             self.cycle.scope[DRAINING] = True
         if not self._between_requests() or self.transport.is_closing() or self.drain_grace_s <= 0:
             super().shutdown()
@@ -150,8 +155,9 @@ class DrainingServer(uvicorn.Server):
     socket, then closes it, and logs where each connection stood as the drain began.
 
     Closing a listening socket resets every connection in its accept queue, requests already sent
-    included (measured: ReadError at the client, in runs where the queue held 2 to 5). Accepting
-    them first makes them connections like any other: 503 draining within the grace. Connections
+    included (tried: three httpx uploads queued on a listener that then closed all got ReadError,
+    connection reset; the faults scenario found 2 and 5 queued at SIGTERM in two runs before this).
+    Accepting them first makes them connections like any other: 503 draining within the grace. Connections
     still in the handshake when the socket closes are reset all the same; the deployment's preStop
     sleep (deploy/k8s) is what keeps new connections from arriving by then."""
 
