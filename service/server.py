@@ -264,9 +264,8 @@ class BodyDeadline:
 
 def uvicorn_config(app, config: ServeConfig) -> uvicorn.Config:
     """Uvicorn's settings for `app`: the drain on SIGTERM and every client timeout above."""
-    protocol = type(
-        "HeadDeadline", (HeadDeadline,), {"head_timeout_s": config.header_timeout_s, "drain_grace_s": config.drain_grace_s}
-    )
+    timeouts = {"head_timeout_s": config.header_timeout_s, "drain_grace_s": config.drain_grace_s}
+    protocol = type("HeadDeadline", (HeadDeadline,), timeouts)  # a class per server: DrainingServer marks it
     return uvicorn.Config(
         app,
         host=config.host,
