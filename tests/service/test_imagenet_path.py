@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,9 +43,11 @@ CROPS_PER_CLASS = 4
 CHEAP_WARM_UP = {"RESNET_SERVE_WARMUP_RUNS": "1", "RESNET_SERVE_MAX_BATCH_SIZE": "2"}
 READY_TIMEOUT_S = 900  # the first run imports and exports resnet152 before the server starts
 
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="runs the Makefile's serve-imagenet target")
+
 
 @pytest.fixture(scope="module")
-def imagenet(tmp_path_factory) -> dict[str, Path]:
+def imagenet(tmp_path_factory):
     """A temporary torch hub cache with stand-in weights and an ImageNet-style val folder of real photos."""
     import torch
     import torchvision
@@ -62,8 +65,10 @@ def imagenet(tmp_path_factory) -> dict[str, Path]:
         folder = val / VAL_CLASSES[i % len(VAL_CLASSES)]
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"ILSVRC2012_val_{i:08d}.JPEG").write_bytes(jpeg)
-    return {"torch_home": root / "torch", "data": root / "data", "models": root / "models",
-            "checkpoints": root / "checkpoints", "logs": root}  # fmt: skip
+    yield {"torch_home": root / "torch", "data": root / "data", "models": root / "models",
+           "checkpoints": root / "checkpoints", "logs": root}  # fmt: skip
+    for big in ("torch", "checkpoints", "models"):  # ~290 MB each; pytest keeps its last three runs
+        shutil.rmtree(root / big, ignore_errors=True)
 
 
 def environment(imagenet) -> dict[str, str]:
