@@ -9,9 +9,9 @@ not check hashes), and https_proxy points at a closed port, as in the offline im
 (tests/training/test_cli.py). The val folder holds crops of the real photos (bench/photos.py).
 With random weights every accuracy is meaningless: these tests check structure, never accuracy.
 
-Cost: importing and exporting resnet152 at 224 px (its fp32 parity gate included) takes about 70 s
-on a busy 2-core box, so the module pays it once: the first `make serve-imagenet` builds the models
-and every later step reuses them, as make does for a user.
+Cost: importing and exporting resnet152 at 224 px (its fp32 parity gate included) dominates; the
+first `make serve-imagenet` took 165-185 s on a busy 2-core box (docs/cascade.md), so the module
+pays it once: later steps reuse the models, as make does for a user.
 """
 
 from __future__ import annotations
