@@ -5,29 +5,25 @@
         --skip export,raw,service,train,cli-train                         # on the CPU provider (its test)
 
 On the H200 the service answered 2-4% of the images per second that raw ONNX Runtime gave through
-the same BoundRunner at one fixed batch size (docs/gpu.md). Each case here runs the service's own
-objects (service.runtime.load_model, its BoundRunner with pad=True, service.pipeline.ModelPipeline)
-and changes one thing against the baseline, so that the slow case names the cause:
+the same BoundRunner at one fixed batch size (docs/gpu.md). Each case runs the service's own objects
+(service.runtime.load_model, its BoundRunner with pad=True, service.pipeline.ModelPipeline) and
+changes one thing against the baseline, so that the slow case names the cause (docs/gpu.md, "The
+diagnose phase", has the table of cases and the fix each outcome points to):
 
   fixed         batch 16 again and again on one thread: the raw phase's case, the baseline;
-  mixed         the sizes a batcher makes at high concurrency, 16, 3, 64, 7, 128, 1, 32 in turn, padded
-                to the ladder and all warmed first (LoadedModel.warm_up, as the service does); compared
-                with the same rungs each run at a fixed size (x_same_sizes);
-  threads       the fixed case, each call from the next of 8 Python threads in turn (ORT's CUDA
-                provider keeps per-thread state);
-  model_thread  the fixed case through ModelPipeline._run_batch, as the service runs a batch: from
-                asyncio, on the model's one inference thread, stacked into the pipeline's buffer;
-  loaded        the fixed case while one thread per core decodes the bench JPEGs with
-                service.preprocess.prepare (GIL and CPU pressure on the copy and the launches);
-  session       the fixed case on a session with ORT's default SessionOptions and provider options,
-                against the service's (service.runtime.session_options, providers_with_options);
-  batcher       ModelPipeline.infer from 128 concurrent one-image clients: the service's batcher
-                and inference thread, without HTTP and decoding.
+  mixed         batch sizes 16, 3, 64, 7, 128, 1, 32 in turn, padded to the ladder, every rung warmed
+                first, against the same rungs each run at a fixed size;
+  threads       the fixed case, each call on the next of 8 Python threads (ORT's per-thread state);
+  model_thread  the fixed case through ModelPipeline._run_batch (asyncio, the inference thread);
+  loaded        the fixed case while one thread per core decodes the bench JPEGs;
+  session       the fixed case on a session with ORT's default session and provider options;
+  batcher       ModelPipeline.infer from 128 one-image clients: the batcher, without HTTP or decoding.
 
-Each case gives img/s over its wall-clock time, per-batch ms (median, p90), the copy and compute
-medians of BoundRunner.timings, and its ratio to the fixed case; a ratio under SLOW names a suspect.
-On a machine without a GPU the phase runs on the CPU provider (--device cpu), through the same
-BoundRunner on host buffers: that is how tests/service/test_cuda_check.py exercises it.
+Each gives img/s over its wall-clock time, per-batch ms (median, p90), the medians of
+BoundRunner.timings, and its ratio to the fixed case. A ratio under SLOW names a suspect; for mixed
+the ratio is to the same sizes at fixed shapes, for session the serving session's over the default's.
+Without a GPU the phase runs on the CPU provider (--device cpu) through the same BoundRunner on host
+buffers: tests/service/test_cuda_check.py runs it so.
 """
 
 from __future__ import annotations
@@ -35,8 +31,8 @@ from __future__ import annotations
 import asyncio
 import queue
 import tempfile
-import threading
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -127,7 +123,10 @@ def _model(path: Path, config, device: str, seconds: float, jpegs, cores: int, l
     for name, case in cases.items():
         if "images_per_s" in case:
             case["x_fixed"] = round(case["images_per_s"] / base, 3)
-    ratio = {name: case.get("x_same_sizes" if name == "mixed" else "x_fixed") for name, case in cases.items()}
+    if "x_fixed" in cases["session"]:  # the suspect here is the serving session: slower than ORT's defaults
+        cases["session"]["serving_x_default"] = round(1 / cases["session"]["x_fixed"], 3)
+    ratio = {name: case.get({"mixed": "x_same_sizes", "session": "serving_x_default"}.get(name, "x_fixed"))
+             for name, case in cases.items()}
     slow = [name for name, x in ratio.items() if name in SUSPECTS and x is not None and x < SLOW]
     return {"precision": card.precision, "input_dtype": card.input_dtype, "providers": list(model.providers),
             "warm_up_s": round(warm_s, 2), "cases": cases, "slow": slow, "suspects": [SUSPECTS[n] for n in slow]}
@@ -170,9 +169,10 @@ def _mixed(model, inputs: dict, seconds: float) -> dict:
     rungs = {}
     for i, n in enumerate(cycle):  # each size alone, at a fixed shape: what the cycle would cost without changes
         alone = _repeat(lambda _: _call(model, inputs[n]), seconds / len(cycle))[0]
-        rungs[n] = {"rung": cuda.ladder_size(n), "mixed_p50_ms": round(float(np.median([s[0] for s in samples[i::len(cycle)]])) * 1000, 3),
+        mixed = [s[0] for s in samples[i :: len(cycle)]]
+        rungs[n] = {"rung": cuda.ladder_size(n), "mixed_p50_ms": round(float(np.median(mixed)) * 1000, 3),
                     "fixed_p50_ms": round(float(np.median([s[0] for s in alone])) * 1000, 3)}
-    cycle_ms = sum(s[0] for s in samples) * 1000 / (len(samples) // len(cycle))
+    cycle_ms = sum(r["mixed_p50_ms"] for r in rungs.values())
     same_ms = sum(r["fixed_p50_ms"] for r in rungs.values())
     return {**result, "cycle_ms": round(cycle_ms, 3), "same_sizes_fixed_ms": round(same_ms, 3),
             "x_same_sizes": round(same_ms / cycle_ms, 3), "sizes": {str(n): r for n, r in rungs.items()}}

@@ -109,13 +109,18 @@ def diagnose_table(diagnose: dict | None) -> list[str]:
             if "error" in r:
                 lines.append(f"| {case} | | | | | | | | {r['error'][-200:]} |")
                 continue
-            notes = {"mixed": lambda: f"x same sizes fixed {r['x_same_sizes']} (cycle {r['cycle_ms']:.1f} ms vs {r['same_sizes_fixed_ms']:.1f})",
-                     "threads": lambda: f"{r['distinct_threads']} threads",
-                     "loaded": lambda: f"{r['decode_threads']} decode threads, {r['decodes_per_s']:.0f} decodes/s",
-                     "session": lambda: f"default {r['default_cuda_options'] or r['providers']}",
-                     "batcher": lambda: f"mean batch {r['mean_batch']}"}.get(case, lambda: "")()
-            lines.append(f"| {case} | {r['images_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['copy_in_ms']:.2f} | "
-                         f"{r['compute_ms']:.2f} | {r['copy_out_ms']:.2f} | {r.get('x_fixed', 1.0):.2f} | {notes} |")
+            notes = {
+                "mixed": lambda: f"x same sizes fixed {r['x_same_sizes']} "
+                                 f"(cycle {r['cycle_ms']:.1f} ms vs {r['same_sizes_fixed_ms']:.1f})",
+                "threads": lambda: f"{r['distinct_threads']} threads",
+                "loaded": lambda: f"{r['decode_threads']} decode threads, {r['decodes_per_s']:.0f} decodes/s",
+                "session": lambda: f"serving / default {r['serving_x_default']}x; "
+                                   f"default {r['default_cuda_options'] or r['providers']}",
+                "batcher": lambda: f"mean batch {r['mean_batch']}",
+            }.get(case, lambda: "")()
+            lines.append(f"| {case} | {r['images_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
+                         f"{r['copy_in_ms']:.2f} | {r['compute_ms']:.2f} | {r['copy_out_ms']:.2f} | "
+                         f"{r.get('x_fixed', 1.0):.2f} | {notes} |")
         lines += ["", "slow (under {}x): {}".format(diagnose["slow_below"], "; ".join(
             f"{case}: {why}" for case, why in zip(model["slow"], model["suspects"])) or "none"), ""]
     return lines

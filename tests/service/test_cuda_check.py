@@ -65,7 +65,7 @@ def test_diagnose_on_the_cpu_provider_reports_every_case_for_every_model(tiny_mo
         assert c["mixed"]["x_same_sizes"] > 0
         assert c["threads"]["distinct_threads"] == gpu_diagnose.THREADS
         assert c["loaded"]["decode_threads"] >= 1 and c["loaded"]["decodes_per_s"] > 0
-        assert c["session"]["providers"] == ["CPUExecutionProvider"]
+        assert c["session"]["providers"] == ["CPUExecutionProvider"] and c["session"]["serving_x_default"] > 0
         batcher = c["batcher"]
         assert sum(batcher["batch_sizes"].values()) == batcher["runs"] and 1 <= batcher["mean_batch"] <= 128
         assert set(model["slow"]) <= set(gpu_diagnose.SUSPECTS)
