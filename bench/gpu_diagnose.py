@@ -40,12 +40,12 @@ from pathlib import Path
 import numpy as np
 
 FIXED_BATCH = 16
-MIXED_CYCLE = (16, 3, 64, 7, 128, 1, 32)  # batch sizes as a batcher makes them under load (docs/gpu.md, run 2)
+MIXED_CYCLE = (16, 3, 64, 7, 128, 1, 32)  # sizes from 1 to 128 changing every batch, as a batcher under load
 THREADS = 8
 CLIENTS = 128  # one-image clients of the batcher case, as resnet-bench's concurrency 128
 MIN_RUNS = 5
 SLOW = 0.7  # a case under 0.7x the baseline's img/s is a suspect (the service target is 0.7x raw)
-# What a slow case points to, and the fix it suggests (docs/gpu.md, "Running the check").
+# What a slow case points to, and the fix it suggests (docs/gpu.md, "The diagnose phase").
 SUSPECTS = {
     "mixed": "batch shape changes: one session per ladder size, or CUDA graphs per size",
     "threads": "ORT's per-thread CUDA state: pin inference to one thread",
