@@ -160,7 +160,7 @@ gpu-check: install
 	$(BIN)/python -m bench.gpu_check --out $(GPU_OUT) $(GPU_FLAGS)
 
 gpu-pack:
-	deploy/gpu/pack.sh $(or $(DEST),.gpu)
+	PYTHON=$(BIN)/python deploy/gpu/pack.sh $(or $(DEST),.gpu)
 # --- robustness scenarios (issue 12): results and commands in docs/robustness.md ------------------
 # owner: robustness. Each scenario starts its own resnet-serve on the default models and writes
 # $(RESULTS)/scenarios/<scenario>.json; the soak also writes soak-memory.png. About 15 min in all.
