@@ -108,6 +108,7 @@ serve: $(MODELS)/cascade.json
 # and resnet152 (V2, 82.3%), imported into checkpoints, exported to ONNX and served as one ladder.
 # Downloads once into the torch hub cache ($$TORCH_HOME). model=auto is uncalibrated unless
 # IMAGENET_VAL names an ImageNet-style folder with val/<wnid>/*.JPEG; then it is calibrated on it.
+# tests/service/test_imagenet_path.py runs this target with stand-in weights in a temporary TORCH_HOME.
 IMAGENET_CHECKPOINTS ?= checkpoints/imagenet
 IMAGENET_MODELS ?= models-imagenet
 IMAGENET_VAL ?=
@@ -159,7 +160,7 @@ gpu-check: install
 	$(BIN)/python -m bench.gpu_check --out $(GPU_OUT) $(GPU_FLAGS)
 
 gpu-pack:
-	deploy/gpu/pack.sh $(or $(DEST),.gpu)
+	PYTHON=$(BIN)/python deploy/gpu/pack.sh $(or $(DEST),.gpu)
 # --- robustness scenarios (issue 12): results and commands in docs/robustness.md ------------------
 # owner: robustness. Each scenario starts its own resnet-serve on the default models and writes
 # $(RESULTS)/scenarios/<scenario>.json; the soak also writes soak-memory.png. About 15 min in all.

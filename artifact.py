@@ -33,6 +33,10 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 #   "float32": ToTensor + Normalize already applied by the caller (every model before issue 16).
 INPUT_DTYPES = ("uint8", "float32")
 LAYOUTS = ("NHWC", "NCHW")  # NHWC is what a decoded image already is: [batch, height, width, RGB]
+# The shortcut options of He et al. Table 3 (training.models): A zero-pads where dimensions grow,
+# B projects only there (torchvision's), C projects everywhere. A checkpoint or card without one
+# (None) has the arch's own: B for the ImageNet ResNets, A for the CIFAR nets, none for plain nets.
+SHORTCUTS = ("A", "B", "C")
 
 
 class ArtifactError(ValueError):
@@ -170,6 +174,7 @@ class ModelCard:
     input_name: str = "input"  # graph input: preprocessing.input_dtype, preprocessing.input_shape()
     output_name: str = "logits"  # graph output: float32 [batch, num_classes]
     git_commit: str | None = None  # git_commit() of the exporting code; None outside a git checkout
+    shortcut: str | None = None  # SHORTCUTS option the network was built with; None: the arch's own
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_ids", tuple(self.class_ids))
@@ -183,6 +188,8 @@ class ModelCard:
             raise ArtifactError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.git_commit is not None and not isinstance(self.git_commit, str):
             raise ArtifactError(f"git_commit must be a string or None, got {self.git_commit!r}")
+        if self.shortcut is not None and self.shortcut not in SHORTCUTS:
+            raise ArtifactError(f"shortcut must be one of {SHORTCUTS} or None, got {self.shortcut!r}")
         depth_of(self.arch)
 
     @property
@@ -220,6 +227,7 @@ class ModelCard:
             "input_name": self.input_name,
             "output_name": self.output_name,
             "git_commit": json.dumps(self.git_commit),
+            "shortcut": json.dumps(self.shortcut),
         }
         return {PREFIX + key: value for key, value in values.items()}
 
@@ -260,4 +268,6 @@ class ModelCard:
             output_name=get("output_name"),
             # Optional: files exported before the commit was recorded lack it (still format 1).
             git_commit=parse("git_commit", json.loads) if PREFIX + "git_commit" in props else None,
+            # Optional: files exported before `resnet-train --shortcut` lack it and have the arch's own.
+            shortcut=parse("shortcut", json.loads) if PREFIX + "shortcut" in props else None,
         )

@@ -33,7 +33,7 @@ def load(model_path: Path, checkpoint_path: Path | None):
     """(card, eval-mode network, torchvision transform) for an exported model file."""
     proto = onnx.load(str(model_path), load_external_data=False)
     card = ModelCard.from_metadata({p.key: p.value for p in proto.metadata_props})
-    network = models.build(card.arch, card.num_classes)
+    network = models.build(card.arch, card.num_classes, shortcut=card.shortcut)
     if checkpoint_path is not None:
         network.load_state_dict(checkpoint.load(checkpoint_path)["model"])
     return card, network.eval(), data.eval_transform(card.preprocessing)

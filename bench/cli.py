@@ -136,7 +136,7 @@ def _ratio_run(config: BenchConfig, command: str) -> dict:
     server = servers.start_service(served, next(iter(chosen)), config.serve_args, config.out / "logs")
     try:
         rounds = ratio.measure(chosen, files, server.url, server.pid, config.rounds, concurrency, config.warmup_s,
-                               config.duration_s, config.raw_seconds, serving.max_pixels, say)
+                               config.duration_s, config.raw_seconds, serving, say)
     finally:
         server.stop()
     rows = ratio.summary(rounds)

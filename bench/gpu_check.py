@@ -8,13 +8,16 @@ In order, each phase in a process of its own (a crash in one leaves the others' 
   2. raw: ONNX Runtime's CUDA provider through the service's own runtime (service/runtime.py, I/O
      binding), batch 1 to 256 per model: host-to-host img/s, the device's compute-only img/s, the
      copy times, and the bound path's outputs against a plain session.run;
-  3. service: resnet-bench against resnet-serve on CUDA at concurrency 1 to 256 (its own folder);
-  4. train: resnet50 with bf16 autocast and channels-last, SGD, on a GPU-resident synthetic batch
+  3. diagnose: the service's own runtime objects without HTTP, one suspect changed at a time (fixed
+     batch, mixed batch sizes, calls from many threads, the pipeline's model thread, decoding load,
+     ORT's default session, the batcher): where the service's GPU time goes (bench/gpu_diagnose.py);
+  4. service: resnet-bench against resnet-serve on CUDA at concurrency 1 to 256 (its own folder);
+  5. train: resnet50 with bf16 autocast and channels-last, SGD, on a GPU-resident synthetic batch
      (the model's training speed), then resnet-train itself for a few steps (the whole pipeline,
      data loading included);
 then results.json, table.md and gpu.png in --out (with resnet-bench's three files in --out/service,
 and log.txt: eight files at most, the device tool's limit). Without a usable GPU it says so in one
-line and exits 2.
+line and exits 2; `--device cpu` runs the diagnose phase alone on the CPU provider (its test).
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ import sys
 import time
 from pathlib import Path
 
+from bench import gpu_diagnose
 from bench.gpu_report import ARCHS, BATCHES, targets, write
 
 CONCURRENCY = "1,4,16,64,128,256"
+ORDER = ("export", "raw", "diagnose", "service", "train", "cli-train")
 # The issue's targets (docs/gpu.md): measured on the device in one run; reported, not asserted.
 
 
@@ -41,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     global ARCHS
     p = argparse.ArgumentParser(description="the GPU path measured on an NVIDIA GPU (docs/gpu.md)")
     p.add_argument("--out", type=Path, default=Path("results/gpu"))
-    p.add_argument("--phase", choices=("export", "raw", "train", "cli-train"), help=argparse.SUPPRESS)
+    p.add_argument("--phase", choices=("export", "raw", "diagnose", "train", "cli-train"), help=argparse.SUPPRESS)
     p.add_argument("--models", type=Path, help="models folder (default OUT/../gpu-models)")
     p.add_argument("--train-steps", type=int, default=200)
     p.add_argument("--cli-train-steps", type=int, default=20)
@@ -50,14 +55,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--archs", default=",".join(ARCHS), help="networks to export and measure (default both)")
     p.add_argument("--service-variants", default="",
                    help="';'-separated extra resnet-serve flag sets, one service run each (default: one run, no extras)")
-    p.add_argument("--skip", default="", help="comma-separated phases to skip: export,raw,service,train,cli-train")
+    p.add_argument("--skip", default="", help="comma-separated phases to skip: " + ",".join(ORDER))
+    p.add_argument("--diagnose-models", default="resnet18-fp16,resnet18", help="models the diagnose phase runs")
+    p.add_argument("--diagnose-seconds", type=float, default=0.5, help="seconds per diagnose case and model")
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                   help="cpu: the diagnose phase alone, on ONNX Runtime's CPU provider (a test without a GPU)")
     args = p.parse_args(argv)
     from service import cuda
 
-    gpu = cuda.probe()
-    if not gpu.usable:
-        print(f"gpu-check: no usable NVIDIA GPU ({gpu.reason}); nothing measured", file=sys.stderr)
-        return 2
+    skip = set(filter(None, args.skip.split(",")))
+    if args.device == "cpu":
+        others = [phase for phase in ORDER if phase not in skip and phase != "diagnose"]
+        if others and args.phase in (None, *others):
+            print(f"gpu-check: --device cpu runs only the diagnose phase; add --skip {','.join(others)}", file=sys.stderr)
+            return 2
+    else:
+        gpu = cuda.probe()
+        if not gpu.usable:
+            print(f"gpu-check: no usable NVIDIA GPU ({gpu.reason}); nothing measured", file=sys.stderr)
+            return 2
     models = args.models or args.out.parent / "gpu-models"
     ARCHS = tuple(args.archs.split(","))
     if args.phase:
@@ -66,13 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import onnxruntime as ort
 
-    if cuda.CUDA_PROVIDER not in ort.get_available_providers():
+    if args.device == "cuda" and cuda.CUDA_PROVIDER not in ort.get_available_providers():
         print(f"gpu-check: onnxruntime {ort.__version__} has no CUDA provider (install onnxruntime-gpu)", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    skip = set(filter(None, args.skip.split(",")))
-    results = {"meta": _meta(), "errors": {}}
-    for phase in ("export", "raw", "service", "train", "cli-train"):
+    results = {"meta": _meta(args.device), "errors": {}}
+    for phase in ORDER:
         if phase in skip:
             continue
         started = time.monotonic()
@@ -103,19 +118,23 @@ def main(argv: list[str] | None = None) -> int:
 def _subprocess(phase: str, args, models: Path) -> dict:
     command = [sys.executable, "-m", "bench.gpu_check", "--phase", phase, "--out", str(args.out),
                "--models", str(models), "--train-steps", str(args.train_steps),
-               "--cli-train-steps", str(args.cli_train_steps), "--archs", args.archs]
+               "--cli-train-steps", str(args.cli_train_steps), "--archs", args.archs, "--device", args.device,
+               "--diagnose-models", args.diagnose_models, "--diagnose-seconds", str(args.diagnose_seconds),
+               "--skip", args.skip]
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"phase {phase} exited with {done.returncode}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _meta() -> dict:
-    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
-                          "--format=csv,noheader"], capture_output=True, text=True)
+def _meta(device: str) -> dict:
+    gpu = "no GPU (ONNX Runtime's CPU provider)"
+    if device == "cuda":
+        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
+                              "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
     import onnxruntime as ort
 
-    return {"gpu": smi.stdout.strip(), "onnxruntime": ort.__version__, "python": sys.version.split()[0],
+    return {"gpu": gpu, "onnxruntime": ort.__version__, "python": sys.version.split()[0],
             "cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "command": "python -m bench.gpu_check " + " ".join(sys.argv[1:])}
 
@@ -192,7 +211,13 @@ def raw_phase(args, models: Path) -> dict:
     return {"points": points, "bound_vs_plain_max_abs_diff": parity}
 
 
-# --- phase 3: the service under resnet-bench ------------------------------------------------------
+# --- phase 3: diagnose, the service's runtime objects without HTTP (bench/gpu_diagnose.py) -----------
+def diagnose_phase(args, models: Path) -> dict:
+    names = args.diagnose_models.split(",")
+    return gpu_diagnose.diagnose(models, names, args.device, args.diagnose_seconds)
+
+
+# --- phase 4: the service under resnet-bench ------------------------------------------------------
 def _service(args, models: Path, extra: list[str] = (), folder: str = "service") -> dict:
     out = args.out / folder
     # resnet-serve warms every model at every rung of the batch ladder: resnet18 alone starts quickly.
@@ -217,7 +242,7 @@ def _service(args, models: Path, extra: list[str] = (), folder: str = "service")
             "models": bench["models"], "command": " ".join(command[2:]), "serve_log_head": head}
 
 
-# --- phase 4: training -----------------------------------------------------------------------------
+# --- phase 5: training -----------------------------------------------------------------------------
 def train_phase(args, models: Path) -> dict:
     """resnet50, bf16 autocast, channels-last, SGD, on a batch of real synthetic images kept on the GPU."""
     import numpy as np
@@ -276,7 +301,8 @@ def cli_train_phase(args, models: Path) -> dict:
             "img_per_s_windows": [round(w, 1) for w in windows], "images_per_s": round(max(windows), 1) if windows else None}
 
 
-PHASES = {"export": export_phase, "raw": raw_phase, "train": train_phase, "cli-train": cli_train_phase}
+PHASES = {"export": export_phase, "raw": raw_phase, "diagnose": diagnose_phase, "train": train_phase,
+          "cli-train": cli_train_phase}
 
 
 if __name__ == "__main__":

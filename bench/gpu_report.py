@@ -63,6 +63,7 @@ def table(results: dict) -> str:
                 f"{by[b]['images_per_s']:.0f} ({by[b]['compute_images_per_s']:.0f})" if b in by else "" for b in BATCHES) + " |")
         lines += ["", "bound vs plain session.run, max |logit diff|: " + ", ".join(
             f"{k} {v:.1e}" for k, v in results["raw"]["bound_vs_plain_max_abs_diff"].items()), ""]
+    lines += diagnose_table(results.get("diagnose"))
     service = results.get("service", {}).get("service", [])
     if service:
         lines += ["## resnet-serve on CUDA under resnet-bench", "", "| model | payload | concurrency | img/s | p50 ms | p99 ms |",
@@ -94,6 +95,37 @@ def table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def diagnose_table(diagnose: dict | None) -> list[str]:
+    """The diagnose phase (bench/gpu_diagnose.py): one table per model, its suspects below it."""
+    if not diagnose:
+        return []
+    lines = [f"## Diagnose: the service's runtime without HTTP, on {diagnose['device']} "
+             f"(batch {diagnose['fixed_batch']}; mixed cycle {diagnose['mixed_cycle']}; {diagnose['seconds_per_case']} s a case)", ""]
+    for name, model in diagnose["models"].items():
+        lines += [f"### {name} ({model['precision']}, {model['input_dtype']} input, warm-up {model['warm_up_s']} s)", "",
+                  "| case | img/s | p50 ms | p90 ms | copy in | compute | copy out | x fixed | notes |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+        for case, r in model["cases"].items():
+            if "error" in r:
+                lines.append(f"| {case} | | | | | | | | {r['error'][-200:]} |")
+                continue
+            notes = {
+                "mixed": lambda: f"x same sizes fixed {r['x_same_sizes']} "
+                                 f"(cycle {r['cycle_ms']:.1f} ms vs {r['same_sizes_fixed_ms']:.1f})",
+                "threads": lambda: f"{r['distinct_threads']} threads",
+                "loaded": lambda: f"{r['decode_threads']} decode threads, {r['decodes_per_s']:.0f} decodes/s",
+                "session": lambda: f"serving / default {r['serving_x_default']}x; "
+                                   f"default {r['default_cuda_options'] or r['providers']}",
+                "batcher": lambda: f"mean batch {r['mean_batch']}",
+            }.get(case, lambda: "")()
+            lines.append(f"| {case} | {r['images_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
+                         f"{r['copy_in_ms']:.2f} | {r['compute_ms']:.2f} | {r['copy_out_ms']:.2f} | "
+                         f"{r.get('x_fixed', 1.0):.2f} | {notes} |")
+        lines += ["", "slow (under {}x): {}".format(diagnose["slow_below"], "; ".join(
+            f"{case}: {why}" for case, why in zip(model["slow"], model["suspects"])) or "none"), ""]
+    return lines
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -106,7 +138,8 @@ def plot(results: dict, path: Path) -> None:
         pts = [p for p in raw if p["model"] == name]
         left.plot([p["batch"] for p in pts], [p["images_per_s"] for p in pts], marker="o", label=name)
     left.set(xscale="log", yscale="log", xlabel="batch", ylabel="img/s (host to host)", title="raw ONNX Runtime CUDA")
-    left.legend()
+    if raw:
+        left.legend()
     service = results.get("service", {}).get("service", [])
     for key in sorted({(r["model"], r.get("payload", "")) for r in service}):
         pts = [r for r in service if (r["model"], r.get("payload", "")) == key]

@@ -11,6 +11,11 @@ that whatever else shares the machine weighs on both alike:
   reference would not make the service faster, so it stays the strongest one ORT offers.
 - service: resnet-serve (one process for the whole run, flags after `--`) under `concurrency`
   closed-loop clients posting the same JPEG files, with the clients' own CPU beside it.
+- raw as served: then raw ONNX Runtime again, at the batch the service really formed (its mean,
+  rounded) in a session with the service's own options (service.runtime.session_options: its
+  thread count, no spinning). It splits the gap in two: reference -> as served is what batch size
+  and session options cost; as served -> service is the service's own work per image (HTTP,
+  decode, queues, copies) and its clients' share of the cores.
 The table gives the median over rounds of each, and the ratio of the medians.
 """
 
@@ -27,7 +32,8 @@ import onnxruntime as ort
 
 from artifact import ModelCard
 from bench import servers
-from service import preprocess
+from service import preprocess, runtime
+from service.config import ServeConfig
 
 BATCHES = (1, 2, 4, 8, 16, 32)  # the issue's "best batch from 1 to 32"
 RATIO_PAYLOAD = "photo"  # the 500x375 JPEGs the issue's figures use
@@ -45,40 +51,61 @@ class Round:
     client_cpu_cores: float  # the load generator's CPU seconds per second
     server_cpu_cores: float | None  # resnet-serve's
     mean_batch: float | None  # the service's mean batch size over the window
+    served_raw_images_per_s: float | None = None  # raw ORT at the service's batch and session options
+
+
+def _session(path: Path, options: ort.SessionOptions | None) -> tuple[ort.InferenceSession, ModelCard]:
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session, ModelCard.from_metadata(session.get_modelmeta().custom_metadata_map)
+
+
+def _rate(session: ort.InferenceSession, card: ModelCard, images: list[np.ndarray], batch: int,
+          seconds: float) -> float:
+    """Images per second of `session` at `batch`, over at least `seconds` and two runs."""
+    feed = {card.input_name: np.stack([images[i % len(images)] for i in range(batch)])}
+    session.run(None, feed)  # the first run of a shape allocates and picks kernels
+    runs, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds or runs < 2:
+        session.run(None, feed)
+        runs += 1
+    return batch * runs / elapsed
 
 
 def raw_best(path: Path, files: list[Path], max_pixels: int, seconds: float) -> tuple[float, int]:
     """Images per second of the model file at its best batch in BATCHES, with default session options."""
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # default options
-    card = ModelCard.from_metadata(session.get_modelmeta().custom_metadata_map)
+    session, card = _session(path, None)  # default options
     images = [preprocess.prepare(f.read_bytes(), card.preprocessing, max_pixels) for f in files]
-    best = (0.0, 0)
-    for batch in BATCHES:
-        feed = {card.input_name: np.stack([images[i % len(images)] for i in range(batch)])}
-        session.run(None, feed)  # the first run of a shape allocates and picks kernels
-        runs, started = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - started) < seconds or runs < 2:
-            session.run(None, feed)
-            runs += 1
-        best = max(best, (batch * runs / elapsed, batch))
+    best = max((_rate(session, card, images, batch, seconds), batch) for batch in BATCHES)
     return round(best[0], 2), best[1]
 
 
+def raw_as_served(path: Path, files: list[Path], max_pixels: int, seconds: float, batch: int,
+                  options: ort.SessionOptions) -> float:
+    """Images per second of the model file at `batch` in a session with the service's options."""
+    session, card = _session(path, options)
+    images = [preprocess.prepare(f.read_bytes(), card.preprocessing, max_pixels) for f in files]
+    return round(_rate(session, card, images, batch, seconds), 2)
+
+
 def measure(models: dict[str, Path], files: list[Path], url: str, pid: int | None, rounds: int, concurrency: int,
-            warmup_s: float, duration_s: float, raw_seconds: float, max_pixels: int,
+            warmup_s: float, duration_s: float, raw_seconds: float, serving: ServeConfig,
             say=lambda message: None) -> list[Round]:
-    """`rounds` interleaved rounds of raw ORT then the service, for each model in turn."""
+    """`rounds` interleaved rounds of raw ORT, the service, then raw ORT as served, for each model in turn."""
     results = []
     for index in range(1, rounds + 1):
         for name, path in models.items():
-            raw_speed, raw_batch = raw_best(path, files, max_pixels, raw_seconds)
+            raw_speed, raw_batch = raw_best(path, files, serving.max_pixels, raw_seconds)
             load = servers.run_load(url, f"/classify?model={name}", files, concurrency, warmup_s, duration_s, pid)
+            mean_batch = (load.get("batch_sizes") or {}).get(name)
+            served_batch = max(1, round(mean_batch or 1))
+            served = raw_as_served(path, files, serving.max_pixels, raw_seconds, served_batch,
+                                   runtime.session_options(serving))
             results.append(Round(name, raw_speed, raw_batch, load["images_per_s"], load["p50_ms"],
-                                 load["client_cpu_cores"], load["server_cpu_cores"],
-                                 (load.get("batch_sizes") or {}).get(name)))
+                                 load["client_cpu_cores"], load["server_cpu_cores"], mean_batch, served))
             r = results[-1]
             share = r.service_images_per_s / r.raw_images_per_s
             say(f"round {index}/{rounds} {name}: raw ORT {r.raw_images_per_s:.1f} img/s (batch {r.raw_best_batch}), "
+                f"as served {served:.1f} img/s (batch {served_batch}), "
                 f"service {r.service_images_per_s:.1f} img/s at c={concurrency} (x{share:.2f}), "
                 f"client {r.client_cpu_cores:.2f} cores")
     return results
@@ -98,7 +125,8 @@ def summary(rounds: list[Round]) -> list[dict]:
                      "raw_best_batches": sorted({r.raw_best_batch for r in mine}),
                      "client_cpu_cores": round(statistics.median(r.client_cpu_cores for r in mine), 2),
                      "server_cpu_cores": _median([r.server_cpu_cores for r in mine]),
-                     "mean_batch": _median([r.mean_batch for r in mine])})
+                     "mean_batch": _median([r.mean_batch for r in mine]),
+                     "served_raw_images_per_s": _median([r.served_raw_images_per_s for r in mine])})
     return rows
 
 
@@ -110,13 +138,17 @@ def _median(values: list) -> float | None:
 def table(rows: list[dict], concurrency: int) -> str:
     """The markdown table of `summary`."""
     lines = [f"| model | service img/s (c={concurrency}) | raw ONNX Runtime img/s (best batch) | ratio (range over rounds) "
-             "| service CPU cores | client CPU cores | mean batch |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| raw as served img/s | as served / raw | service / as served | service CPU cores | client CPU cores "
+             "| mean batch |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         batches = ",".join(map(str, r["raw_best_batches"]))
+        served = r.get("served_raw_images_per_s")
+        split = (f"{served} | {served / r['raw_images_per_s']:.2f} | {r['service_images_per_s'] / served:.2f}"
+                 if served else "- | - | -")
         lines.append(f"| {r['model']} | {r['service_images_per_s']} | {r['raw_images_per_s']} ({batches}) | "
-                     f"{r['ratio']:.2f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) | {r['server_cpu_cores']} | "
-                     f"{r['client_cpu_cores']} | {r['mean_batch']} |")
+                     f"{r['ratio']:.2f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) | {split} | "
+                     f"{r['server_cpu_cores']} | {r['client_cpu_cores']} | {r['mean_batch']} |")
     return "\n".join(lines)
 
 

@@ -130,7 +130,7 @@ def _load(path: Path) -> tuple[dict, str]:
 def _network(payload: dict) -> torch.nn.Module:
     """The checkpoint's network with its weights, in eval mode."""
     try:
-        model = models.build(payload["arch"], payload["num_classes"])
+        model = models.build(payload["arch"], payload["num_classes"], shortcut=payload.get("shortcut"))
     except ValueError as error:
         raise ExportError(f"checkpoint names an arch this build cannot make: {_first_line(error)}") from error
     try:
@@ -208,6 +208,7 @@ def _card(payload: dict, digest: str, name: str, precision: str, pre: Preprocess
         return ModelCard(
             name=name,
             arch=payload["arch"],
+            shortcut=payload.get("shortcut"),
             num_classes=payload["num_classes"],
             class_ids=tuple(payload["class_ids"]),
             class_names=tuple(payload["class_names"]),

@@ -50,7 +50,7 @@ def folded_stem(network: torch.nn.Module, pre: Preprocessing) -> torch.nn.Module
 
 def fold_error(path: Path, photos: list[Path]) -> None:
     payload = checkpoint.load(path)
-    net = models.build(payload["arch"], payload["num_classes"])
+    net = models.build(payload["arch"], payload["num_classes"], shortcut=payload.get("shortcut"))
     net.load_state_dict(payload["model"])
     pre = Preprocessing.from_dict({**payload["preprocessing"], "input_dtype": "uint8", "layout": "NCHW"})
     pixels = np.stack([preprocess.prepare(p.read_bytes(), pre, 10**9) for p in photos])

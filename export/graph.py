@@ -98,7 +98,8 @@ def attach_card(proto: onnx.ModelProto, card: ModelCard) -> onnx.ModelProto:
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.producer_name = "resnet-export"
-    proto.doc_string = f"{card.name}: {card.arch} ({card.precision}), {card.num_classes} classes"
+    shortcut = f" shortcut {card.shortcut}" if card.shortcut else ""  # Table 3's option, when one was asked for
+    proto.doc_string = f"{card.name}: {card.arch}{shortcut} ({card.precision}), {card.num_classes} classes"
     return proto
 
 

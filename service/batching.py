@@ -35,8 +35,8 @@ class Batcher(Generic[In, Out]):
 
     Contract: a batch starts once `max_batch_size` items wait, or once `max_delay_s` has passed since
     the oldest waiting item arrived, whichever is first, or at once when the optional `incoming()`
-    hint says no other item is on its way; a batch is never empty and one batch runs at a time
-    (items arriving meanwhile form the next one). Items from one `submit` keep their order and
+    hint says no other item is on its way; a batch is never empty and at most `instances` batches
+    run at a time (items arriving while all run form the next one; Triton's instance count). Items from one `submit` keep their order and
     may span batches. `run_batch` must return one output per input; if it raises, or returns the wrong
     count, exactly the callers in that batch get the error. At most `queue_size` items wait: a
     `submit` that would exceed it raises `Overloaded` at once. An item whose deadline has passed
@@ -54,11 +54,12 @@ class Batcher(Generic[In, Out]):
         on_batch: Callable[[list[float]], None] | None = None,
         name: str = "batcher",
         incoming: Callable[[], int] | None = None,
+        instances: int = 1,
     ) -> None:
-        if max_batch_size < 1 or queue_size < 1 or max_delay_s < 0:
+        if max_batch_size < 1 or queue_size < 1 or max_delay_s < 0 or instances < 1:
             raise ValueError(
-                f"need max_batch_size >= 1, queue_size >= 1, max_delay_s >= 0; "
-                f"got {max_batch_size}, {queue_size}, {max_delay_s}"
+                f"need max_batch_size >= 1, queue_size >= 1, max_delay_s >= 0, instances >= 1; "
+                f"got {max_batch_size}, {queue_size}, {max_delay_s}, {instances}"
             )
         self.run_batch = run_batch
         self.max_batch_size = max_batch_size
@@ -70,11 +71,12 @@ class Batcher(Generic[In, Out]):
         # can join a partial batch within the delay but a new request, so waiting would only add
         # latency: at concurrency 1 it is all the delay would do.
         self.incoming = incoming
+        self.instances = instances
         self._queue: deque[_Item] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closing = False
-        self._running: list[_Item] = []  # the batch being run: its callers are waiters too
+        self._runs: dict[asyncio.Task, list[_Item]] = {}  # the batches running: their callers wait too
         self.failure: BaseException | None = None  # why the loop died, if it did
 
     @property
@@ -107,14 +109,15 @@ class Batcher(Generic[In, Out]):
         else:
             return
         self.failure = error
-        waiting = [item for item in (*self._running, *self._queue) if not item.future.done()]
+        running = [item for batch in self._runs.values() for item in batch]
+        waiting = [item for item in (*running, *self._queue) if not item.future.done()]
         log.error(
             "%s: the batching loop died (%r); failing %d waiting requests", self.name, error, len(waiting),
             exc_info=error if isinstance(error, Exception) else None, extra={"model": self.name},
         )  # fmt: skip
         for item in waiting:
             item.future.set_exception(self._failed())
-        self._running, self._queue = [], deque()
+        self._runs, self._queue = {}, deque()
 
     def _failed(self) -> BatcherFailed:
         return BatcherFailed(f"{self.name}: the batching loop died ({self.failure!r}); the service needs a restart")
@@ -169,11 +172,13 @@ class Batcher(Generic[In, Out]):
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            while not self._queue:
-                if self._closing:
+            self._reap()
+            while not self._queue or len(self._runs) >= self.instances:
+                if self._closing and not self._queue and not self._runs:
                     return
                 self._wake.clear()
-                await self._wake.wait()
+                await self._wake.wait()  # set by submit, nudge, close and each batch's end
+                self._reap()
             # Wait for a full batch, at most max_delay_s after the oldest item arrived: if a batch ran
             # long, that moment has already passed and whatever waits goes at once.
             if self._should_wait():
@@ -184,9 +189,18 @@ class Batcher(Generic[In, Out]):
                             await self._wake.wait()
                 except TimeoutError:
                     pass
-            self._running = [self._queue.popleft() for _ in range(min(self.max_batch_size, len(self._queue)))]
-            await self._run(self._running, loop.time())
-            self._running = []
+            batch = [self._queue.popleft() for _ in range(min(self.max_batch_size, len(self._queue)))]
+            run = loop.create_task(self._run(batch, loop.time()), name=f"{self.name}-batch")
+            self._runs[run] = batch
+            run.add_done_callback(lambda _: self._wake.set())
+
+    def _reap(self) -> None:
+        """Forget finished batches. `_run` hands a failed batch's error to its callers, so an error
+        here is a bug in the batcher's own code (say, `on_batch`): it ends the loop, as it did when
+        the loop ran each batch itself, and `_supervise` fails every waiter."""
+        for run in [run for run in self._runs if run.done()]:
+            del self._runs[run]
+            run.result()
 
     def _should_wait(self) -> bool:
         return len(self._queue) < self.max_batch_size and not self._closing and self._more_coming()

@@ -92,11 +92,12 @@ class Cascade:
 
     def expected_seconds(self, name: str, count: int) -> float:
         """When `count` more images queued on `name` now would be answered: the batches ahead of
-        and including them, each at the running batch-time estimate, plus one batching delay."""
+        and including them, `instances` at a time, each at the running batch-time estimate, plus one
+        batching delay."""
         pipeline = self.pipelines[name]
         config = pipeline.config
         batches = math.ceil((pipeline.inflight + count) / config.max_batch_size)
-        return batches * pipeline.batch_seconds + config.max_delay_s
+        return math.ceil(batches / pipeline.instances) * pipeline.batch_seconds + config.max_delay_s
 
     def _skip_reason(self, name: str, count: int, budget_deadline: float | None) -> str | None:
         pipeline = self.pipelines[name]

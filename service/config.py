@@ -64,7 +64,9 @@ class ServeConfig:
     max_pixels: int = _opt(50_000_000, "largest image, in pixels (width x height), read from its header (413 beyond)")
     max_images: int = _opt(32, "most images in one multipart upload (413 beyond)")
     # 0 gives every model every core; the measurements behind it: runtime.model_threads.
-    intra_op_threads: int = _opt(0, "ONNX Runtime threads per model; 0 = one per available CPU")
+    intra_op_threads: int = _opt(0, "ONNX Runtime threads per model instance; 0 = the available CPUs shared by its instances")
+    # Triton's instance_group count: the measurements behind the default in runtime.model_threads.
+    instances: int = _opt(1, "batches of one model that run at once, each on its own thread (1 on CUDA)")
     decode_threads: int = _opt(0, "threads decoding and preprocessing images; 0 = one per available CPU")
     request_timeout_s: float = _opt(30.0, "deadline of a request from arrival, in seconds (504 beyond)")
     providers: tuple[str, ...] = _opt(
@@ -101,7 +103,7 @@ class ServeConfig:
         object.__setattr__(self, "providers", tuple(p.lower() for p in self.providers))
         positive = (
             "max_batch_size", "queue_size", "max_body_bytes", "max_pixels", "max_images", "warmup_runs",
-            "read_budget_bytes",
+            "read_budget_bytes", "instances",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:

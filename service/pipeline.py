@@ -7,8 +7,8 @@ pixels for models exported since issue 16, float32 [3, S, S] for older ones. The
 into one buffer per model allocated at start-up, not a fresh array per batch.
 
 Nothing here runs image or tensor work on the event loop: decoding and preprocessing run in a shared
-bounded thread pool, inference in one thread per model (Pillow and ONNX Runtime release the GIL),
-and the loop only moves arrays and futures.
+bounded thread pool, inference in one thread per model instance (Pillow and ONNX Runtime release the
+GIL), and the loop only moves arrays and futures.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import queue
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -47,8 +48,11 @@ class ModelPipeline:
         self.config = config
         self.decode_pool = decode_pool
         self.metrics = metrics
-        # One thread: the batcher runs one batch at a time, and ORT parallelises inside the run.
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{model.name}")
+        # One thread per instance: the batcher runs that many batches at once, and ORT parallelises
+        # inside each run with its share of the cores (runtime.model_threads). The CUDA path's I/O
+        # binding keeps one set of device buffers per batch size, so it serves one batch at a time.
+        self.instances = 1 if model.runner is not None else config.instances
+        self.executor = ThreadPoolExecutor(self.instances, thread_name_prefix=f"infer-{model.name}")
         self.batcher: Batcher[np.ndarray, np.ndarray] = Batcher(
             self._run_batch,
             config.max_batch_size,
@@ -57,16 +61,19 @@ class ModelPipeline:
             self._on_batch,
             model.name,
             incoming=lambda: self.decoding,
+            instances=self.instances,
         )
         self.decode_slots = asyncio.Semaphore(config.decode_threads)  # this model's decodes in the pool
         self.inflight = 0  # images admitted and not yet answered: decoding, queued or in a batch
         self.decoding = 0  # images admitted and not yet queued for the batcher
         self.batch_seconds = 0.0  # moving average of one batch's inference time, for Retry-After
-        # The batch is copied here, then ONNX Runtime reads it in place; one batch runs at a time per
-        # model (one inference thread), so one buffer suffices and never changes under a run.
+        # The batch is copied into a buffer, then ONNX Runtime reads it in place: one buffer per
+        # instance, taken for a run and given back after it, so none changes under a run.
         prep = model.card.preprocessing
         dtype = np.uint8 if prep.input_dtype == "uint8" else np.float32  # what prepare returns
-        self.buffer = np.empty(prep.input_shape(config.max_batch_size), dtype=dtype)
+        self.buffers: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
+        for _ in range(self.instances):
+            self.buffers.put(np.empty(prep.input_shape(config.max_batch_size), dtype=dtype))
 
     def start(self) -> None:
         self.batcher.start()
@@ -109,7 +116,7 @@ class ModelPipeline:
     def check_capacity(self, count: int) -> None:
         """503 now if `count` more images would pass queue_size; also asked before a body is read."""
         if self.inflight + count > self.config.queue_size:
-            batches_ahead = math.ceil(self.inflight / self.config.max_batch_size)
+            batches_ahead = math.ceil(self.inflight / (self.config.max_batch_size * self.instances))
             raise Overloaded(
                 f"model {self.model.name!r} is at capacity "
                 f"({self.inflight} of {self.config.queue_size} images in flight)",
@@ -143,8 +150,12 @@ class ModelPipeline:
 
     def _infer(self, arrays: list[np.ndarray]):
         started = time.perf_counter()
-        batch = np.stack(arrays, out=self.buffer[: len(arrays)])
-        return self.model.probabilities(batch), time.perf_counter() - started, self.model.timings
+        buffer = self.buffers.get_nowait()  # never empty: at most `instances` runs at once
+        try:
+            batch = np.stack(arrays, out=buffer[: len(arrays)])
+            return self.model.probabilities(batch), time.perf_counter() - started, self.model.timings
+        finally:
+            self.buffers.put(buffer)
 
     async def _run_batch(self, arrays: list[np.ndarray]) -> np.ndarray:
         loop = asyncio.get_running_loop()

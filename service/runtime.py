@@ -97,8 +97,12 @@ def model_threads(config: ServeConfig) -> int:
     client's p50 under a 32-client resnet152 flood was 2.1x its idle p50 (3.8 -> 8.0 ms) and mixed
     throughput 1.02x the time-shared ideal. So every session gets every core; --intra-op-threads N
     sets a share where isolation matters more than a single model's speed.
+
+    With `--instances N` (pipeline.py), N batches of the model run at once in one session, and each
+    run gets an equal share of the cores: N runs of one thread each keep every core busy without
+    splitting one run's small operators across threads.
     """
-    return config.intra_op_threads or available_cpus()
+    return config.intra_op_threads or max(1, available_cpus() // config.instances)
 
 
 def session_options(config: ServeConfig, threads: int | None = None) -> ort.SessionOptions:

@@ -9,6 +9,8 @@ training state for `--resume` to continue exactly. `Checkpoint` is the typed for
     format          "resnet-serving.checkpoint"
     version         int, FORMAT_VERSION
     arch            builder name in training.models, e.g. "resnet152" or "resnet20"
+    shortcut        "A", "B" or "C" (Table 3) when the run asked for one (optional: absent means the
+                    arch's own, B for the ImageNet ResNets, as in every checkpoint from before it)
     num_classes     int
     class_ids       [str]  dataset ids in logit order ("n01440764", "circle")
     class_names     [str]  human-readable names in the same order
@@ -35,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from artifact import ArtifactError, Preprocessing, git_commit, write_atomically
+from artifact import SHORTCUTS, ArtifactError, Preprocessing, git_commit, write_atomically
 
 FORMAT = "resnet-serving.checkpoint"
 FORMAT_VERSION = 1  # new optional keys keep 1 (old readers ignore them); a key changing meaning bumps it
@@ -141,6 +143,7 @@ class Checkpoint:
     metrics: Metrics = field(default_factory=Metrics)
     provenance: Provenance | None = None
     train_state: dict | None = None  # only in checkpoints that --resume can continue
+    shortcut: str | None = None  # Table 3's option the network was built with; None: the arch's own
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_ids", tuple(self.class_ids))
@@ -158,6 +161,8 @@ class Checkpoint:
                    "metrics": self.metrics.to_dict(), "model": clean_state_dict(self.model)}
         if self.train_state is not None:
             payload["train_state"] = self.train_state
+        if self.shortcut is not None:
+            payload["shortcut"] = self.shortcut
         if self.provenance is not None:
             payload["provenance"] = self.provenance.to_dict()
         return payload
@@ -191,11 +196,14 @@ class Checkpoint:
         if train_state is not None and not isinstance(train_state, dict):
             raise CheckpointError(f"{source}: 'train_state' must be dict, got {type(train_state).__name__}")
         provenance = payload.get("provenance")
+        shortcut = payload.get("shortcut")
+        if shortcut is not None and shortcut not in SHORTCUTS:
+            raise CheckpointError(f"{source}: 'shortcut' must be one of {SHORTCUTS} or absent, got {shortcut!r}")
         return cls(arch=payload["arch"], class_ids=payload["class_ids"], class_names=payload["class_names"],
                    preprocessing=pre, dataset=payload["dataset"], config=payload["config"], model=payload["model"],
                    metrics=Metrics.from_dict(payload["metrics"], source),
                    provenance=None if provenance is None else Provenance.from_dict(provenance, source),
-                   train_state=train_state)
+                   train_state=train_state, shortcut=shortcut)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically: a temp file in the same folder, fsync, then rename over `path`."""
@@ -212,8 +220,8 @@ class Checkpoint:
         return cls.from_payload(_torch_load(Path(path), map_location), repr(str(path)))
 
 
-# key -> required type of the top-level entries; train_state and provenance are optional so that
-# imported weights and checkpoints from before provenance was recorded stay valid.
+# key -> required type of the top-level entries; train_state, provenance and shortcut are optional so
+# that imported weights and checkpoints from before provenance or shortcut was recorded stay valid.
 REQUIRED = {
     "format": str,
     "version": int,

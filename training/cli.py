@@ -65,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
             resume = given.pop("resume", None)
             if resume and "init_from" in given:
                 raise ValueError("--init-from starts a new run and --resume continues one: give only one of them")
-            if "init_from" in given:  # the source's arch unless --arch says otherwise (then checked)
-                given.setdefault("arch", finetune.source_arch(given["init_from"]))
+            if "init_from" in given:  # the source's arch and shortcut unless the flags say otherwise (then checked)
+                arch, shortcut = finetune.source_build(given["init_from"])
+                if given.setdefault("arch", arch) == arch:
+                    given.setdefault("shortcut", shortcut)
             if resume:
                 saved = checkpoint.load(resume)
                 if "train_state" not in saved:

@@ -25,6 +25,7 @@ LR_SCHEDULES = ("step", "cosine")
 @dataclass(frozen=True)
 class TrainConfig:
     arch: str = "resnet18"  # a name in training.models.ARCHS
+    shortcut: str | None = None  # Table 3's option A, B or C for the ImageNet ResNets (CIFAR nets: A only); none: the arch's own
     data: str = "synthetic"  # "synthetic", "cifar10", or a folder with train/<class>/ and val/<class>/
     out: str = "runs/train"  # folder for checkpoint.pt and metrics.jsonl
     image_size: int = 0  # network input side in pixels; 0: the arch's native size (224 ImageNet, 32 CIFAR)
@@ -56,6 +57,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         models.check_arch(self.arch)
+        models.check_shortcut(self.arch, self.shortcut)
         for name in ("image_size", "epochs", "max_steps", "batch_size", "workers", "train_size", "val_size", "save_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

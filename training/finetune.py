@@ -8,7 +8,8 @@ The source is a checkpoint of ours (trained, fine-tuned or imported) or a torchv
 import-torchvision` ($TORCH_HOME/hub/checkpoints/). Its backbone loads; its final layer (the head)
 is kept when the class ids are the same, in the same order, and replaced by a freshly initialised
 one otherwise. The source's preprocessing (mean, std, interpolation, resize ratio) is kept; only
-the input side may change (--image-size, default the source's).
+the input side may change (--image-size, default the source's). So is its shortcut option (Table 3,
+--shortcut, default the source's): a shortcut-A checkpoint's weights fit only a net built as A.
 
 The recipe for a small dataset, as in fast.ai's `Learner.fine_tune` (one frozen epoch at base_lr,
 then `base_lr /= 2` and the whole net) and Keras's transfer-learning guide ("Transfer learning &
@@ -51,6 +52,7 @@ class Source:
     state_dict: dict  # the source network's weights
     preprocessing: Preprocessing  # the source's evaluation preprocessing
     record: dict  # where it came from, for the new checkpoint's provenance
+    shortcut: str | None = None  # the source's Table 3 option (checkpoint "shortcut"); None: the arch's own
 
 
 def _is_weights_name(spec: str) -> bool:
@@ -73,14 +75,16 @@ def load_source(spec: str) -> Source:
     return Source(payload["arch"], tuple(payload["class_ids"]), payload["model"],
                   Preprocessing.from_dict(payload["preprocessing"]),
                   {"kind": "checkpoint", "spec": spec, "path": str(Path(spec).resolve()),
-                   "sha256": checkpoint.sha256(spec), "val_top1": payload["metrics"].get("val_top1")})
+                   "sha256": checkpoint.sha256(spec), "val_top1": payload["metrics"].get("val_top1")},
+                  payload.get("shortcut"))
 
 
-def source_arch(spec: str) -> str:
-    """The arch of the --init-from SOURCE, the default --arch of a fine-tuning run."""
+def source_build(spec: str) -> tuple[str, str | None]:
+    """The arch and shortcut of the --init-from SOURCE: a fine-tuning run's default --arch and --shortcut."""
     if _is_weights_name(spec):
-        return spec.partition(":")[0]
-    return load_source(spec).arch
+        return spec.partition(":")[0], None
+    source = load_source(spec)
+    return source.arch, source.shortcut
 
 
 def head_name(model: nn.Module) -> str:
@@ -88,11 +92,17 @@ def head_name(model: nn.Module) -> str:
     return [name for name, module in model.named_modules() if isinstance(module, nn.Linear)][-1]
 
 
-def apply(model: nn.Module, source: Source, arch: str, class_ids: list[str]) -> str:
-    """Load the source into `model`; returns "kept" or "replaced" for the head. ValueError if it does not fit."""
+def apply(model: nn.Module, source: Source, arch: str, class_ids: list[str], shortcut: str | None = None) -> str:
+    """Load the source into `model` (built as `arch` with `shortcut`); returns "kept" or "replaced" for
+    the head. ValueError if it does not fit."""
     if source.arch != arch:
         raise ValueError(f"--init-from {source.record['spec']!r} holds a {source.arch}, not a {arch} "
                          f"(leave out --arch, or pass --arch {source.arch})")
+    # Compared as built: a checkpoint from before --shortcut (None) is the arch's own option.
+    have, want = source.shortcut or models.own_shortcut(arch), shortcut or models.own_shortcut(arch)
+    if have != want:
+        raise ValueError(f"--init-from {source.record['spec']!r} holds a {arch} with shortcut {have}, not {want} "
+                         f"(leave out --shortcut, or pass --shortcut {have})")
     head = head_name(model)
     keep = tuple(class_ids) == source.class_ids
     head_keys = {f"{head}.weight", f"{head}.bias"}

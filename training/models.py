@@ -13,7 +13,8 @@ torchvision's weights were trained with.
 
 Shortcut options (sec. 3.3 and 4.1, Table 3) for the ImageNet ResNets: "A" zero-pads the identity
 where the dimensions grow (no shortcut has parameters), "B" (torchvision's, the default) projects
-only there, "C" projects on every shortcut. The CIFAR nets are option A by construction (sec. 4.2).
+only there, "C" projects on every shortcut. The CIFAR nets are option A by construction (sec. 4.2):
+they take "A" and refuse B and C; plain nets have no shortcut to choose.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from artifact import SHORTCUTS
 from training import cifar_models
 
 
@@ -37,9 +39,6 @@ class PlainBlock(BasicBlock):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         return self.relu(self.bn2(self.conv2(out)))
-
-
-SHORTCUTS = ("A", "B", "C")
 
 
 def _set_shortcuts(net: ResNet, option: str) -> None:
@@ -124,17 +123,37 @@ def strided_convs_on_one_pixel(arch: str, image_size: int) -> list[str]:
     return hits
 
 
+def own_shortcut(arch: str) -> str | None:
+    """The option an arch has when none is asked for: B (ImageNet ResNets), A (CIFAR ResNets), None (plain)."""
+    if check_arch(arch).startswith("plain"):
+        return None
+    return "A" if arch in CIFAR_ARCHS else "B"
+
+
+def check_shortcut(arch: str, shortcut: str | None) -> str | None:
+    """shortcut if `arch` can be built with it (None: the arch's own); ValueError naming the value otherwise.
+
+    Any of A, B, C for the ImageNet ResNets; A alone for the CIFAR ResNets, which are option A by
+    construction (sec. 4.2); nothing for a plain net, which has no shortcut."""
+    if shortcut is None:
+        return None
+    if shortcut not in SHORTCUTS:
+        raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {shortcut!r}")
+    own = own_shortcut(arch)
+    if own is None:
+        raise ValueError(f"shortcut {shortcut!r} does not apply to {arch}: {arch}'s shortcuts are none (a plain net)")
+    if arch in CIFAR_ARCHS and shortcut != own:
+        raise ValueError(f"shortcut {shortcut!r} does not apply to {arch}: {arch}'s shortcuts are A, fixed (sec. 4.2); "
+                         "B and C are for the ImageNet ResNets")
+    return shortcut
+
+
 def build(arch: str, num_classes: int, zero_init_residual: bool = False, shortcut: str | None = None) -> nn.Module:
     """A freshly initialised network; zero_init_residual zeroes each residual branch's last BN;
     shortcut picks option A, B or C of Table 3 for an ImageNet ResNet (None: the arch's own)."""
     if not (isinstance(num_classes, int) and num_classes >= 1):
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     check_arch(arch)
-    if shortcut is None:
+    if check_shortcut(arch, shortcut) is None or arch in CIFAR_ARCHS:
         return ARCHS[arch](num_classes, zero_init_residual=zero_init_residual)
-    if shortcut not in SHORTCUTS:
-        raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {shortcut!r}")
-    if arch not in IMAGENET_ARCHS or arch.startswith("plain"):
-        own = "none (a plain net)" if arch.startswith("plain") else "A, fixed (sec. 4.2)"
-        raise ValueError(f"shortcut {shortcut!r} applies to the ImageNet ResNets only; {arch}'s shortcuts are {own}")
     return ARCHS[arch](num_classes, zero_init_residual=zero_init_residual, shortcut=shortcut)

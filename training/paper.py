@@ -4,7 +4,7 @@
     resnet-train paper --scale small --out results/paper        # ~30 min on one idle CPU core
     resnet-train paper --scale paper --out results/paper-cifar  # CIFAR-10, sec. 4.2's recipe, a GPU
 
-1. Degradation (Fig. 1 and 6): plain and residual nets of 20 and 56 layers (110 at paper scale),
+1. Degradation (Fig. 1 and 6): plain and residual nets of 20, 56 and 110 layers,
    one recipe for all, training and test error curves.
 2. Gradient flow: the gradient norm reaching each layer at initialisation and after training, for
    depths 20 ... 1202, and the first steps of a 1202-layer residual and plain net.
@@ -72,7 +72,7 @@ def paper_scale() -> Scale:
 # The small scale: the digits at 16 px (half the paper's side, a quarter of its cost) and the paper's
 # recipe shrunk to 200 steps of 32 (lr scaled linearly: 0.025), decays at the same fractions.
 SMALL = Scale("small", "digits", "synthetic", 16, 200, 32, 0.025, (100, 150), 20, (0, 1, 2),
-              ("plain20", "plain56", "resnet20", "resnet56"), ("plain110", "resnet110"),
+              ("plain20", "plain56", "plain110", "resnet20", "resnet56", "resnet110"), (),
               ("resnet1202", "plain1202"), 20, 16, "resnet34", 25, 0)
 SCALES = {"small": lambda: SMALL, "paper": paper_scale}
 

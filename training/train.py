@@ -172,6 +172,9 @@ def _run(config: TrainConfig, resume, command: str, world: _Dist) -> Path:
         config = finetune.resolve(config, len(train_set) // (config.batch_size * world.world))
     elif state["arch"] != config.arch:
         raise checkpoint.CheckpointError(f"{str(resume)!r} holds a {state['arch']} checkpoint, not {config.arch}")
+    elif state.get("shortcut") != config.shortcut:  # its weights fit only the net it was built as
+        raise checkpoint.CheckpointError(f"{str(resume)!r} holds shortcut {state.get('shortcut') or 'none'}, "
+                                         f"not {config.shortcut or 'none'}")
     elif not config.max_steps:  # resuming with a new --epochs: the run's length in steps
         config = replace(config, max_steps=config.epochs * (len(train_set) // (config.batch_size * world.world)))
     pre = data.preprocessing_for(record, config.image_size)
@@ -181,10 +184,11 @@ def _run(config: TrainConfig, resume, command: str, world: _Dist) -> Path:
     device, cuda = world.device, world.device.type == "cuda"
 
     torch.manual_seed(config.seed)
-    model = models.build(config.arch, len(train_set.class_ids), config.zero_init_residual)
+    model = models.build(config.arch, len(train_set.class_ids), config.zero_init_residual, config.shortcut)
     started_from = state.get("provenance", {}).get("init_from") if state else None
     if source:
-        started_from = {**source.record, "head": finetune.apply(model, source, config.arch, train_set.class_ids)}
+        started_from = {**source.record, "head": finetune.apply(model, source, config.arch, train_set.class_ids,
+                                                                  config.shortcut)}
     finetune.freeze_batchnorm(model, config)
     fmt = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=fmt)
@@ -231,7 +235,7 @@ def _run(config: TrainConfig, resume, command: str, world: _Dist) -> Path:
     def save(metrics: dict) -> Path:
         check_finite()
         return checkpoint.Checkpoint(
-            arch=config.arch, class_ids=train_set.class_ids, class_names=train_set.class_names, preprocessing=pre,
+            arch=config.arch, shortcut=config.shortcut, class_ids=train_set.class_ids, class_names=train_set.class_names, preprocessing=pre,
             dataset=record, config=config.to_dict(), metrics=checkpoint.Metrics(**metrics), model=model.state_dict(),
             train_state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "scaler": scaler.state_dict(), "rng": _rng_state(), "step": step,
@@ -244,7 +248,7 @@ def _run(config: TrainConfig, resume, command: str, world: _Dist) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         if not state:
             (out / "metrics.jsonl").unlink(missing_ok=True)
-        _log(out, {"event": "start", "step": step, "arch": config.arch, "world_size": world.world,
+        _log(out, {"event": "start", "step": step, "arch": config.arch, "shortcut": config.shortcut, "world_size": world.world,
                    "device": device.type, "resumed_from": str(resume) if resume else None, "config": config.to_dict()})
     path = out / "checkpoint.pt"
     net.train()

@@ -15,7 +15,8 @@ run)
     SRC=$(cd "$2" && pwd)
     cp "$SRC"/ort.tar.zst.* "$STAGE"/
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$SRC"/wheels/*.whl || exit 1
-    export PYTHONPATH="$SITE:$SRC/repo"
+    # photos/: the bench photos as skimage/data (pack.sh), for bench/photos.py and the diagnose phase.
+    export PYTHONPATH="$SITE:$SRC/repo:$SRC/photos"
     # onnxruntime-gpu, slimmed to sm_90 by deploy/gpu/slim_ort.py, shadows the image's CPU onnxruntime.
     python3 - "$STAGE" "$SITE" <<'PY' || exit 1
 import sys, tarfile, glob, zstandard

@@ -42,7 +42,7 @@ def torch_reference():
     def load(path: Path):
         if path not in cache:
             payload = checkpoint.load(path)
-            net = models.build(payload["arch"], payload["num_classes"])
+            net = models.build(payload["arch"], payload["num_classes"], shortcut=payload.get("shortcut"))
             net.load_state_dict(payload["model"])
             pre = pixel_input(Preprocessing.from_dict(payload["preprocessing"]))
             crop = T.Compose([T.Resize(pre.resize_size, T.InterpolationMode(pre.interpolation)), T.CenterCrop(pre.input_size)])

@@ -63,7 +63,7 @@ def test_an_old_style_export_takes_normalised_float32_and_matches_torch(float_mo
     card = _card(float_model)
     assert (card.input_dtype, card.layout) == ("float32", "NCHW")
     payload = checkpoint.load(tiny_checkpoints["resnet18"])
-    net = models.build(payload["arch"], payload["num_classes"])
+    net = models.build(payload["arch"], payload["num_classes"], shortcut=payload.get("shortcut"))
     net.load_state_dict(payload["model"])
     x = np.stack([prepare(encode(photo(name).convert("RGB")), card.preprocessing, LIMIT) for name in PHOTOS])
     with torch.no_grad():

@@ -228,3 +228,40 @@ def test_async_with_closes_the_batcher_even_when_its_body_fails():
         return await pending
 
     assert run(main()) == [2]  # closing ran what was already queued
+
+
+def test_instances_run_that_many_batches_at_once_and_no_more():
+    async def main():
+        pause = asyncio.Event()
+        fn = Recorder(pause=pause)
+        async with Batcher(fn, max_batch_size=2, max_delay_s=3600, queue_size=100, instances=2) as batcher:
+            calls = [asyncio.ensure_future(batcher.submit([i])) for i in range(6)]
+            for _ in range(20):  # let the loop form every batch it may
+                await asyncio.sleep(0)
+            running = [list(b) for b in fn.batches]  # both instances busy, each with a full batch
+            queued = batcher.pending
+            pause.set()
+            results = await asyncio.gather(*calls)
+        return running, queued, fn.batches, results
+
+    running, queued, batches, results = run(main())
+    assert running == [[0, 1], [2, 3]] and queued == 2  # the third batch waits for a free instance
+    assert batches == [[0, 1], [2, 3], [4, 5]]
+    assert results == [[0], [2], [4], [6], [8], [10]]
+
+
+def test_a_failing_batch_on_one_instance_leaves_the_other_running():
+    async def main():
+        fn = Recorder(fail_on=13)
+        async with Batcher(fn, max_batch_size=2, max_delay_s=3600, queue_size=100, instances=2) as batcher:
+            outcomes = await asyncio.gather(*(batcher.submit([x]) for x in (1, 2, 13, 4, 5, 6)), return_exceptions=True)
+        return outcomes
+
+    outcomes = run(main())
+    assert [type(o).__name__ if isinstance(o, Exception) else o for o in outcomes] == [
+        [2], [4], "ValueError", "ValueError", [10], [12]]
+
+
+def test_instances_must_be_at_least_one():
+    with pytest.raises(ValueError, match="instances >= 1"):
+        Batcher(Recorder(), max_batch_size=2, max_delay_s=0, queue_size=10, instances=0)

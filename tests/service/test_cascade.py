@@ -131,3 +131,35 @@ def test_when_the_deep_rung_is_full_auto_answers_from_the_shallow_one(tmp_path):
         assert 'resnet_cascade_escalations_skipped_total{model="resnet18",reason="overloaded"} 1' in text
     finally:
         server.stop()
+
+
+def test_with_three_rungs_each_rung_applies_its_own_threshold(tmp_path):
+    """resnet18 -> resnet34 -> resnet50 with thresholds 0.97 and 0.8 (a cascade file may carry one per
+    rung but the last; resnet-calibrate writes one shared value, docs/cascade.md). The middle model
+    is the shallow one without its red bias: better, not yet sure. One image stops on each rung,
+    and the middle one stops only because the middle rung's own 0.8 applies, not the first's 0.97."""
+    middle = ("resnet34", SHALLOW[1], (0.0, 0.0, 0.0))
+    for name, gain, bias in (SHALLOW, middle, DEEP):
+        write_model(tmp_path, name, gain, bias)
+    write_cascade_file(tmp_path, thresholds=(0.97, 0.8), rungs=("resnet18", "resnet34", "resnet50"))
+    sure, fairly, unsure = CLEAR[1], (110, 140, 40), AMBIGUOUS[1]  # green leads red by 190, 30, 10 levels
+    confidence = {colour: [expected_probabilities(colour, *m[1:]).max() for m in (SHALLOW, middle)]
+                  for colour in (sure, fairly, unsure)}  # fmt: skip
+    assert confidence[sure][0] >= 0.97 and confidence[fairly][0] < 0.97 and confidence[unsure][0] < 0.97
+    assert 0.8 <= confidence[fairly][1] < 0.97 and confidence[unsure][1] < 0.8
+    server = start_server(tmp_path, tmp_path, "--providers", "cpu")
+    try:
+        files = [("images", (f"{i}.png", png(c), "image/png")) for i, c in enumerate((sure, fairly, unsure))]
+        body = httpx.post(server.url + "/classify", params={"model": "auto"}, files=files, timeout=30).json()
+        assert [r["model"] for r in body["results"]] == ["resnet18", "resnet34", "resnet50"]
+        assert [r["cascade"]["path"] for r in body["results"]] == [
+            ["resnet18"], ["resnet18", "resnet34"], ["resnet18", "resnet34", "resnet50"]
+        ]  # fmt: skip
+        assert [r["cascade"].get("threshold") for r in body["results"]] == [0.97, 0.8, None]
+        assert [r["predictions"][0]["label"] for r in body["results"]] == ["green"] * 3
+        ladder = httpx.get(server.url + "/models").json()["ladder"]
+        assert [(r["name"], r["threshold"]) for r in ladder] == [
+            ("resnet18", 0.97), ("resnet34", 0.8), ("resnet50", None)
+        ]  # fmt: skip
+    finally:
+        server.stop()

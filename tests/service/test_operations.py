@@ -36,6 +36,20 @@ def wait_for_queue_depth(url: str, depth: int) -> None:
 
 
 def test_64_concurrent_uploads_are_batched_and_each_gets_its_own_answer(server, references):
+    upload_64_and_check(server, references)
+
+
+def test_two_instances_run_batches_side_by_side_and_each_upload_gets_its_own_answer(models_dir, tmp_path, references):
+    # Two batches of one model at once, sharing one session and taking turns with two batch buffers:
+    # an answer routed to the wrong caller or computed from the other instance's buffer would differ.
+    server = start_server(models_dir, tmp_path, "--providers", "cpu", "--instances", "2")
+    try:
+        upload_64_and_check(server, references)
+    finally:
+        server.stop()
+
+
+def upload_64_and_check(server, references) -> None:
     images = variants(64)
     before = httpx.get(server.url + "/metrics").text
 
