@@ -13,7 +13,7 @@ that whatever else shares the machine weighs on both alike:
   closed-loop clients posting the same JPEG files, with the clients' own CPU beside it.
 - raw as served: then raw ONNX Runtime again, at the batch the service really formed (its mean,
   rounded) in a session with the service's own options (service.runtime.session_options: its
-  thread count, no spinning). It splits the gap in two: reference -> as served is what batch size
+  thread count, no spinning), run from as many threads at once as the service has instances. It splits the gap in two: reference -> as served is what batch size
   and session options cost; as served -> service is the service's own work per image (HTTP,
   decode, queues, copies) and its clients' share of the cores.
 The table gives the median over rounds of each, and the ratio of the medians.
@@ -24,6 +24,7 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,15 +61,22 @@ def _session(path: Path, options: ort.SessionOptions | None) -> tuple[ort.Infere
 
 
 def _rate(session: ort.InferenceSession, card: ModelCard, images: list[np.ndarray], batch: int,
-          seconds: float) -> float:
-    """Images per second of `session` at `batch`, over at least `seconds` and two runs."""
+          seconds: float, threads: int = 1) -> float:
+    """Images per second of `session` at `batch` from `threads` callers at once, over at least
+    `seconds` and two runs each."""
     feed = {card.input_name: np.stack([images[i % len(images)] for i in range(batch)])}
     session.run(None, feed)  # the first run of a shape allocates and picks kernels
-    runs, started = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - started) < seconds or runs < 2:
-        session.run(None, feed)
-        runs += 1
-    return batch * runs / elapsed
+    runs = [0] * threads
+    started = time.perf_counter()
+
+    def caller(index: int) -> None:
+        while time.perf_counter() - started < seconds or runs[index] < 2:
+            session.run(None, feed)
+            runs[index] += 1
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(caller, range(threads)))
+    return batch * sum(runs) / (time.perf_counter() - started)
 
 
 def raw_best(path: Path, files: list[Path], max_pixels: int, seconds: float) -> tuple[float, int]:
@@ -80,11 +88,12 @@ def raw_best(path: Path, files: list[Path], max_pixels: int, seconds: float) -> 
 
 
 def raw_as_served(path: Path, files: list[Path], max_pixels: int, seconds: float, batch: int,
-                  options: ort.SessionOptions) -> float:
-    """Images per second of the model file at `batch` in a session with the service's options."""
+                  options: ort.SessionOptions, instances: int = 1) -> float:
+    """Images per second of the model file at `batch` in a session with the service's options, run
+    by `instances` threads at once as the service's instances run it."""
     session, card = _session(path, options)
     images = [preprocess.prepare(f.read_bytes(), card.preprocessing, max_pixels) for f in files]
-    return round(_rate(session, card, images, batch, seconds), 2)
+    return round(_rate(session, card, images, batch, seconds, instances), 2)
 
 
 def measure(models: dict[str, Path], files: list[Path], url: str, pid: int | None, rounds: int, concurrency: int,
@@ -99,7 +108,7 @@ def measure(models: dict[str, Path], files: list[Path], url: str, pid: int | Non
             mean_batch = (load.get("batch_sizes") or {}).get(name)
             served_batch = max(1, round(mean_batch or 1))
             served = raw_as_served(path, files, serving.max_pixels, raw_seconds, served_batch,
-                                   runtime.session_options(serving))
+                                   runtime.session_options(serving), serving.instances)
             results.append(Round(name, raw_speed, raw_batch, load["images_per_s"], load["p50_ms"],
                                  load["client_cpu_cores"], load["server_cpu_cores"], mean_batch, served))
             r = results[-1]
