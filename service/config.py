@@ -65,7 +65,8 @@ class ServeConfig:
     max_images: int = _opt(32, "most images in one multipart upload (413 beyond)")
     # 0 gives every model every core; the measurements behind it: runtime.model_threads.
     intra_op_threads: int = _opt(0, "ONNX Runtime threads per model instance; 0 = the available CPUs shared by its instances")
-    # Triton's instance_group count: the measurements behind the default in runtime.model_threads.
+    # Triton's instance_group count: 1 keeps a lone request on every core; 2 served more at load on
+    # the 2-core box (runtime.model_threads has the measurements).
     instances: int = _opt(1, "batches of one model that run at once, each on its own thread (1 on CUDA)")
     decode_threads: int = _opt(0, "threads decoding and preprocessing images; 0 = one per available CPU")
     request_timeout_s: float = _opt(30.0, "deadline of a request from arrival, in seconds (504 beyond)")

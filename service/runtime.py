@@ -100,7 +100,11 @@ def model_threads(config: ServeConfig) -> int:
 
     With `--instances N` (pipeline.py), N batches of the model run at once in one session, and each
     run gets an equal share of the cores: N runs of one thread each keep every core busy without
-    splitting one run's small operators across threads.
+    splitting one run's small operators across threads. Measured on the idle 2-core box at 8 clients
+    (docs/performance-per-image.md, two instances per model), two instances served 3-42% more
+    images per second than one, for fp32 and int8 resnet18 and resnet152, but at concurrency 1 a
+    request ran on one core instead of two (fp32 resnet18 24.5 against 34.3 img/s). So the default
+    stays one instance, and two is the setting for a service that runs at load.
     """
     return config.intra_op_threads or max(1, available_cpus() // config.instances)
 
