@@ -121,7 +121,8 @@ class Timings:
 class BoundRunner:
     """Runs one session with I/O binding on `device` ("cuda" or "cpu"), one copy each way per batch.
 
-    Not thread-safe: one runner serves one model, and the batcher runs one batch at a time.
+    Not thread-safe: one runner serves one model, whose pipeline keeps one instance on CUDA, so the
+    batcher runs one batch at a time.
     """
 
     def __init__(self, session: ort.InferenceSession, input_name: str, output_name: str,

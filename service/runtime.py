@@ -110,10 +110,11 @@ def model_threads(config: ServeConfig) -> int:
 
 
 def session_options(config: ServeConfig, threads: int | None = None) -> ort.SessionOptions:
-    """Threads and optimisation for one session; one batch runs at a time per model (the batcher)."""
+    """Threads and optimisation for one session; the batcher runs at most `instances` batches of a
+    model at once, each on its share of the cores (model_threads)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or model_threads(config)
-    # One batch at a time per model and a straight-line graph: inter-op parallelism has nothing to do.
+    # A straight-line graph, each run on its own caller's thread: inter-op parallelism has nothing to do.
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
