@@ -90,7 +90,7 @@ def _jpegs(folder: Path) -> list[bytes] | str:
 
 def _model(path: Path, config, device: str, seconds: float, jpegs, cores: int, log) -> dict:
     from service import cuda
-    from service.preprocess import random_batch
+    from artifact.preprocess import random_batch
     from service.runtime import load_model
 
     model = load_model(path, config)
@@ -242,7 +242,7 @@ async def _model_thread(model, config, batch: np.ndarray, seconds: float) -> dic
 
 def _loaded(step, seconds: float, jpegs, prep, max_pixels: int, threads: int) -> dict:
     """The fixed case while `threads` threads decode the bench JPEGs, as the service's decode pool."""
-    from service.preprocess import prepare
+    from artifact.preprocess import prepare
 
     if isinstance(jpegs, str):
         raise FileNotFoundError(f"no bench JPEGs to decode: {jpegs}")

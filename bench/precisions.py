@@ -31,7 +31,7 @@ import cliconfig
 from artifact import PRECISIONS, ModelCard, git_commit, write_atomically
 from bench.machine import cpu_name
 from service.config import ServeConfig
-from service import preprocess
+from artifact import preprocess
 from service.runtime import session_options
 
 

@@ -4,10 +4,10 @@
 
 For each payload kind (bench.payloads), interleaved over `--repeats` passes so that other load on
 the machine weighs on both alike, the median CPU milliseconds (this thread's) of:
-- decode: service.preprocess.decode (JPEG draft to twice the resize size, EXIF, RGB), shared by both;
+- decode: artifact.preprocess.decode (JPEG draft to twice the resize size, EXIF, RGB), shared by both;
 - before: the pre-issue-16 rest: full Resize, CenterCrop, float32 ToTensor + Normalize, CHW copy;
 - after: the rest today for a uint8 model: one cropped resample, the uint8 HWC pixels;
-- prepare: the whole service.preprocess.prepare for a uint8 model, as the decode pool runs it;
+- prepare: the whole artifact.preprocess.prepare for a uint8 model, as the decode pool runs it;
 - entropy floor: the same JPEG decoded at 1/8 scale in the DCT domain (Pillow's draft, the
   smallest libjpeg-turbo offers): the Huffman decoding of every byte and almost nothing else. No
   decode of that file at any scale can cost less, so it bounds what any cheaper resize can win.
@@ -28,14 +28,14 @@ from PIL import Image
 
 from artifact import Preprocessing
 from bench.payloads import KINDS
-from service import preprocess
+from artifact import preprocess
 
 IMAGENET = Preprocessing.for_input_size(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 MAX_PIXELS = 50_000_000
 
 
 def before_rest(image: Image.Image, prep: Preprocessing) -> np.ndarray:
-    """service.preprocess.to_input as it was before issue 16 (commit 649375d)."""
+    """artifact.preprocess.to_input as it was before issue 16 (commit 649375d)."""
     width, height = preprocess.resized_size(*image.size, prep.resize_size)
     if (width, height) != image.size:
         image = image.resize((width, height), preprocess.RESAMPLING[prep.interpolation])

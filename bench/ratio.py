@@ -6,7 +6,7 @@
 For each model, N rounds; each round times raw ONNX Runtime and then the service, back to back, so
 that whatever else shares the machine weighs on both alike:
 - raw: the model file in a session with ONNX Runtime's *default* options (every core, spinning
-  threads), on the `photo` payload as the model takes it (service.preprocess.prepare, done before
+  threads), on the `photo` payload as the model takes it (artifact.preprocess.prepare, done before
   timing), at batch 1, 2, 4, 8, 16 and 32; its best batch is the round's reference. A weaker
   reference would not make the service faster, so it stays the strongest one ORT offers.
 - service: resnet-serve (one process for the whole run, flags after `--`) under `concurrency`
@@ -33,7 +33,8 @@ import onnxruntime as ort
 
 from artifact import ModelCard
 from bench import servers
-from service import preprocess, runtime
+from artifact import preprocess
+from service import runtime
 from service.config import ServeConfig
 
 BATCHES = (1, 2, 4, 8, 16, 32)  # the "best batch from 1 to 32"

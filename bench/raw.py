@@ -5,7 +5,7 @@ same threads) on ready-made batches of the model's input (uint8 pixels or float3
 says): it decodes nothing, sends nothing, waits for nothing.
 Its best batched throughput is the ceiling of the service's; its batch-1 latency plus one image's
 decode time is the floor of the service's latency at concurrency 1. The decode path is the service's
-own (service.preprocess.prepare), timed on one thread per payload.
+own (artifact.preprocess.prepare), timed on one thread per payload.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service import preprocess
+from artifact import preprocess
 from service.config import ServeConfig
 from service.runtime import load_model
 

@@ -21,7 +21,7 @@ from artifact import ArtifactError, ModelCard, Preprocessing, git_commit, write_
 from export import fp16, graph, images, int8, verify
 from export.config import PARITY_BATCHES, ExportConfig, ExportError
 from export.progress import Progress
-from service import preprocess
+from artifact import preprocess
 from training import checkpoint, data, models
 
 MODEL_FILE = "model.onnx"  # the service looks for MODELS_DIR/NAME/model.onnx

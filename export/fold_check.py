@@ -26,7 +26,7 @@ from onnx import TensorProto, helper
 from artifact import ModelCard, Preprocessing
 from export.config import PARITY_TOLERANCE
 from export.graph import PixelInput
-from service import preprocess
+from artifact import preprocess
 from training import checkpoint, models
 
 

@@ -1,7 +1,7 @@
 """Labelled image batches for verification and calibration, preprocessed as the service will.
 
 The images come from the checkpoint's own dataset (its recorded `dataset` dict, rebuilt by
-training.data) and go through the service's own service.preprocess.to_input with the model's
+training.data) and go through the service's own artifact.preprocess.to_input with the model's
 Preprocessing: resize the shorter side, center crop, and for a float32 model normalise; for a uint8
 model (issue 16) the cropped pixels themselves, so calibration and judging see what the service sends.
 """
@@ -15,7 +15,7 @@ import torch
 
 from artifact import Preprocessing
 from export.config import ExportError
-from service import preprocess
+from artifact import preprocess
 from training import data
 
 

@@ -10,7 +10,7 @@ images) are split at random into a calibration half, on which the signal and thr
 (the cheapest whose top-1 is within --max-accuracy-drop points of the best single model's), and a
 held-out half, on which the choice is reported, so over-fitting shows.
 
-The models run exactly as the service runs them: the service's preprocessing (service/preprocess.py
+The models run exactly as the service runs them: the service's preprocessing (artifact/preprocess.py
 `prepare`) and ONNX Runtime sessions (service/runtime.py), one threshold for every rung but the last.
 It writes MODELS/cascade.json (read by resnet-serve at start-up, service/cascade_file.py) and
 MODELS/cascade.png (accuracy against mean GFLOPs). GFLOPs are counted from the ONNX graph as
@@ -32,7 +32,8 @@ import numpy as np
 from PIL import Image
 
 from artifact import write_atomically
-from service import cascade_file, ladder as ladders, preprocess
+from artifact import preprocess
+from service import cascade_file, ladder as ladders
 from service.cascade import SIGNALS
 from service.config import ServeConfig
 from service.runtime import LoadedModel, ModelLoadError, load_models
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     """The command: one line on stderr and exit 2 for input it cannot use."""
     try:
         run(argv)
-    except (CalibrationError, ModelLoadError, ladders.LadderError, OSError) as error:
+    except (CalibrationError, ModelLoadError, ladders.LadderError, preprocess.ImageError, OSError) as error:
         print(f"resnet-calibrate: {error}", file=sys.stderr)
         return 2
     return 0

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from litestar.openapi.spec import Encoding, OpenAPIMediaType, Operation, RequestBody, Schema
 from litestar.openapi.spec.enums import OpenAPIType
 
-from service.preprocess import MEDIA_TYPES
+from artifact.preprocess import MEDIA_TYPES
 from service.uploads import MULTIPART
 
 _BINARY = Schema(type=OpenAPIType.STRING, format="binary")

@@ -2,7 +2,7 @@
 
     bytes --decode pool (threads)--> one image's input --Batcher--> one ORT run per batch --> probabilities
 
-An image's input is what the model's card asks for (service.preprocess.prepare): uint8 [S, S, 3]
+An image's input is what the model's card asks for (artifact.preprocess.prepare): uint8 [S, S, 3]
 pixels for models exported since issue 16, float32 [3, S, S] for older ones. The batch is stacked
 into one buffer per model allocated at start-up, not a fresh array per batch.
 
@@ -22,11 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from service import preprocess
+from artifact import preprocess
 from service.admission import ByteBudget
 from service.batching import Batcher
 from service.config import ServeConfig
-from service.errors import InferenceFailed, Overloaded, ServiceError
+from service.errors import BadImage, InferenceFailed, Overloaded, ServiceError, TooManyPixels
 from service.metrics import Metrics
 from service.runtime import LoadedModel
 
@@ -35,7 +35,12 @@ log = logging.getLogger("service.pipeline")
 
 def _prepare(data: bytes, prep, max_pixels: int) -> tuple[np.ndarray, float]:
     started = time.perf_counter()
-    return preprocess.prepare(data, prep, max_pixels), time.perf_counter() - started
+    try:
+        return preprocess.prepare(data, prep, max_pixels), time.perf_counter() - started
+    except preprocess.TooManyPixels as error:
+        raise TooManyPixels(str(error), max_pixels=error.max_pixels) from None
+    except preprocess.BadImage as error:
+        raise BadImage(str(error)) from None
 
 
 class ModelPipeline:

@@ -13,7 +13,7 @@ from typing import AsyncIterator
 from multipart import ParserError, ParserLimitReached, PushMultipartParser
 
 from service.errors import BadImage, BodyTooLarge, TooManyImages, UnsupportedMediaType
-from service.preprocess import MEDIA_TYPES
+from artifact.preprocess import MEDIA_TYPES
 
 MULTIPART = "multipart/form-data"
 EXTRA_PARTS = 16  # form fields without a file that an upload may carry beside its images (ignored)

@@ -9,6 +9,7 @@ torch is imported inside the fixtures: a test session that never asks for them s
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,11 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
     from training import train
     from training.config import TrainConfig
 
-    root = tmp_path_factory.mktemp("checkpoints")
+    # RESNET_TEST_CHECKPOINTS=DIR keeps them between runs (a developer's repeated runs; CI trains anew).
+    cache = os.environ.get("RESNET_TEST_CHECKPOINTS")
+    root = Path(cache) if cache else tmp_path_factory.mktemp("checkpoints")
+    if cache and all((root / arch / "checkpoint.pt").is_file() for arch in TINY_TRAINING):
+        return {arch: root / arch / "checkpoint.pt" for arch in TINY_TRAINING}
     # One intra-op thread: these tiny convolutions gain little from a second one, and when other
     # processes share the two cores, OpenMP threads spin-waiting on each other are ruinous
     # (30 resnet20 steps at load average ~4.5: 8.3 s with 1 thread, 55.6 s with 2).

@@ -71,7 +71,7 @@ def test_a_newer_format_version_is_refused():
 
 
 def test_git_commit_names_the_checked_out_commit_and_none_outside_git(tmp_path):
-    repo = Path(artifact.__file__).resolve().parent
+    repo = Path(artifact.__file__).resolve().parent.parent
     head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True)
     if head.returncode:
         assert artifact.git_commit() is None  # e.g. a source tarball: no .git

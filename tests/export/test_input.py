@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from artifact import PREFIX, ModelCard, Preprocessing
-from service.preprocess import prepare
+from artifact.preprocess import prepare
 from tests.service.conftest import PHOTOS, encode, photo, start_server
 from training import checkpoint, models
 

@@ -94,7 +94,7 @@ def test_the_cli_refuses_a_missing_default_model(models_dir, capsys):
 
 def test_the_service_never_imports_torch():
     code = (
-        "import sys, service.cli, service.app, service.pipeline, service.runtime, service.preprocess;"
+        "import sys, service.cli, service.app, service.pipeline, service.runtime, artifact.preprocess;"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision'));"
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -12,7 +12,7 @@ from litestar.testing import TestClient
 
 from service.app import create_app
 from service.config import ServeConfig
-from service.preprocess import prepare
+from artifact.preprocess import prepare
 from service.runtime import load_models
 
 from .conftest import assert_answers, encode, photo, png_claiming, variants

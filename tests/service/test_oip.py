@@ -12,7 +12,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from service import preprocess
+from artifact import preprocess
 from tests.service.conftest import variants
 
 MAX_PIXELS = 50_000_000

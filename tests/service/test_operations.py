@@ -15,7 +15,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from service.preprocess import prepare
+from artifact.preprocess import prepare
 
 from .conftest import assert_answers, encode, photo, start_server, variants
 

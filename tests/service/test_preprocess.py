@@ -12,8 +12,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from artifact import Preprocessing
-from service.errors import BadImage, TooManyPixels
-from service.preprocess import decode, prepare, resized_size, to_input
+
+from artifact.preprocess import BadImage, TooManyPixels, decode, prepare, resized_size, to_input
 
 from .conftest import IMAGES, PHOTOS, encode, photo, png_claiming  # noqa: F401 - IMAGES documents where photos live
 
@@ -61,7 +61,7 @@ def test_the_cropped_resize_is_within_a_level_of_torchvision(name, prep):
     exact = prepare(encode(image, "PNG"), replace(prep, input_dtype="uint8", layout="NHWC"), LIMIT, draft=False)
     fast = prepare(encode(image, "PNG"), replace(prep, input_dtype="uint8", layout="NHWC"), LIMIT)
     difference = np.abs(fast.astype(int) - exact.astype(int))
-    # Measured on these photos: at most 1 level in at most 1% of the values (service/preprocess.py).
+    # Measured on these photos: at most 1 level in at most 1% of the values (artifact/preprocess.py).
     assert difference.max() <= 1 and (difference > 0).mean() <= 0.02
 
 

@@ -26,8 +26,23 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from artifact import Preprocessing
-from service.errors import BadImage, TooManyPixels
+from artifact.card import Preprocessing
+
+
+class ImageError(ValueError):
+    """The bytes cannot become the model's input; the message says why (the service answers 4xx)."""
+
+
+class BadImage(ImageError):
+    """Not a decodable raster image: empty, corrupt, truncated, or another format."""
+
+
+class TooManyPixels(ImageError):
+    """The header announces more than `max_pixels`: refused before a pixel is decoded."""
+
+    def __init__(self, message: str, *, max_pixels: int) -> None:
+        super().__init__(message)
+        self.max_pixels = max_pixels
 
 # Formats we decode, as Pillow names them (the JPEG opener also reads MPO, the multi-picture JPEG
 # some phones write). Pillow registers its plugins lazily: init() loads them all now, so
