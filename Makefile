@@ -138,7 +138,7 @@ serve-imagenet: imagenet-models $(if $(IMAGENET_VAL),$(IMAGENET_MODELS)/cascade.
 finetune-compare: | install
 	OMP_NUM_THREADS=1 $(BIN)/python -m bench.finetune --out results/finetune --image-size 16 --steps 90 --source-steps 150
 
-# --- issue 16: the service's own cost per image (docs/performance-per-image.md) ---
+# --- the service's own cost per image (docs/performance-per-image.md) ---
 # prepare's CPU per image before/after, then the service against raw ONNX Runtime at 8 clients on the
 # bench's 224x224 models (built into $(RESULTS)/models on first use), 3 interleaved rounds.
 .PHONY: bench-per-image
@@ -161,7 +161,7 @@ gpu-check: install
 
 gpu-pack:
 	PYTHON=$(BIN)/python deploy/gpu/pack.sh $(or $(DEST),.gpu)
-# --- robustness scenarios (issue 12): results and commands in docs/robustness.md ------------------
+# --- robustness scenarios: results and commands in docs/robustness.md ----------------------------
 # owner: robustness. Each scenario starts its own resnet-serve on the default models and writes
 # $(RESULTS)/scenarios/<scenario>.json; the soak also writes soak-memory.png. About 15 min in all.
 # `faults` swaps resnet18/model.onnx for resnet152's for a moment, and puts it back.
@@ -172,7 +172,7 @@ bench-robustness: models
 	$(BIN)/resnet-bench scenario soak --models $(MODELS) --out $(RESULTS)/scenarios --duration-s 600 --clients 24
 
 # --- the paper's experiments (training.paper, docs/paper.md) -------------------------------------
-# owner: training (issue 14). The small scale on one CPU thread; rerunning resumes. The paper's
+# owner: training. The small scale on one CPU thread; rerunning resumes. The paper's
 # CIFAR-10 scale wants a GPU: `resnet-train paper --scale paper --out results/paper-cifar`.
 .PHONY: paper
 paper: | install

@@ -17,16 +17,16 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Mapping
 
-# Bump when a key changes meaning; readers refuse newer versions. 2 (issue 16): the preprocessing
+# Bump when a key changes meaning; readers refuse newer versions. 2: the preprocessing
 # says what the graph's input holds (input_dtype, layout); a version-1 card has neither key and
 # means float32 NCHW, normalised by the caller, which is how version-1 files are still read.
 FORMAT_VERSION = 2
 PREFIX = "resnet_serving."  # namespaces our keys among other tools' metadata_props
 PRECISIONS = ("fp32", "fp16", "int8")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
-# What a graph's input tensor holds (issue 16):
+# What a graph's input tensor holds:
 #   "uint8": the cropped RGB pixels, 0..255; the graph casts them and applies mean and std itself.
-#   "float32": ToTensor + Normalize already applied by the caller (every model before issue 16).
+#   "float32": ToTensor + Normalize already applied by the caller (format-1 files).
 INPUT_DTYPES = ("uint8", "float32")
 LAYOUTS = ("NHWC", "NCHW")  # NHWC is what a decoded image already is: [batch, height, width, RGB]
 # The shortcut options of He et al. Table 3 (training.models): A zero-pads where dimensions grow,
@@ -53,7 +53,7 @@ class Preprocessing:
     side, CenterCrop(input_size), ToTensor, Normalize(mean, std), on RGB images.
 
     `input_dtype` and `layout` say where that recipe stops outside the graph: with "float32" the
-    caller normalises (the torch network's own input, and every model exported before issue 16);
+    caller normalises (the torch network's own input, and every format-1 file);
     with "uint8" the caller stops after the crop and the graph does ToTensor and Normalize."""
 
     input_size: int  # side of the square center crop fed to the network, in pixels

@@ -9,13 +9,15 @@ the longer side is `int(resize_size * long / short)` (truncated, not rounded) an
 
 Before that, decoding is made safe and fast: only raster formats are opened (never PDF/EPS, which
 would start Ghostscript); the pixel count is checked from the header before any pixel is decoded;
-large JPEGs are decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (draft mode), which on the
-dev box cut a 12 MP photo from about 150 ms to about 29 ms (issue 4); EXIF orientation is applied;
-every mode becomes 8-bit RGB.
+large JPEGs are decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (draft mode: measured in
+docs/performance-per-image.md); EXIF orientation is applied; every mode becomes 8-bit RGB.
 
-What comes out is what the model's `Preprocessing` asks for: a model exported since issue 16 takes
-the cropped uint8 RGB pixels, [S, S, 3] per image, and normalises inside its graph, so no float work
-happens here; older models take float32 [3, S, S], normalised here as before.
+What comes out is what the model's `Preprocessing` asks for: a format-2 card's model takes the
+cropped uint8 RGB pixels, [S, S, 3] per image, and normalises inside its graph, so no float work
+happens here; format-1 files take float32 [3, S, S], normalised here.
+
+Export's verification, resnet-calibrate and the service all call this module, so the pixels a model
+was checked on are the pixels it is served.
 """
 
 from __future__ import annotations
@@ -57,10 +59,8 @@ MEDIA_TYPES = frozenset(
     }
 )  # fmt: skip
 # A JPEG is drafted down to a shorter side of at least DRAFT_HEADROOM * resize_size, so the final
-# resize still filters from a larger image; the closeness this buys is tested
-# (test_jpeg_draft_stays_close_to_the_full_decode). A headroom of 1 (1/8 scale for a 12 MP photo)
-# would decode about 13% faster but triple the error: measured against the full decode on the 12 MP
-# mosaic of the real photos, mean 1.56 levels, p99 8, max 21 (headroom 2: mean 0.47, p99 2, max 6).
+# resize still filters from a larger image (test_jpeg_draft_stays_close_to_the_full_decode); 1 would
+# triple the error for 13% less time (docs/performance-per-image.md).
 DRAFT_HEADROOM = 2
 RESAMPLING = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -161,13 +161,8 @@ def crop_resized(image: Image.Image, prep: Preprocessing, exact: bool = False) -
     scale, same centres, clipped at the source image's edges, not the box's), so it computes the same
     picture without the ~40% of a 256-px resize that the crop throws away and without the intermediate
     image. The centres differ from the full resize's in the last bits of a double, which moves a
-    rounded pixel by one level now and then: measured on the three real photos at 224 px (bilinear,
-    bicubic) and 32 px, at most 1 level of 255 in at most 1% of the values (coins.png, bilinear) and
-    no difference at all in most cases; on top of the JPEG draft on a 12 MP photo it adds nothing
-    measurable (mean 0.47, p99 2 levels from the full decode either way). Timed on the dev box, under
-    contention: 0.95 ms instead of 1.44 ms for a 500x375 photo, 2.4 ms instead of 7.7 ms for a 12 MP
-    JPEG drafted to 1000x750. Nearest-neighbour always takes the exact path: there the last bit picks
-    a different source pixel (3% of values on the photos)."""
+    rounded pixel by at most one level now and then (measured in docs/performance-per-image.md).
+    Nearest-neighbour always takes the exact path: there the last bit picks another source pixel."""
     width, height = image.size
     side = prep.input_size
     new_width, new_height = resized_size(width, height, prep.resize_size)
@@ -185,8 +180,8 @@ def crop_resized(image: Image.Image, prep: Preprocessing, exact: bool = False) -
 def to_input(image: Image.Image, prep: Preprocessing, exact: bool = False) -> np.ndarray:
     """An RGB image to one image of the network's input: prep.input_dtype in prep.layout, no batch.
 
-    For "uint8" this is the cropped pixels and nothing else: the graph casts and normalises
-    (issue 16), so the service does no float work per pixel. "float32" is the pre-issue-16 input."""
+    For "uint8" this is the cropped pixels and nothing else: the graph casts and normalises, so
+    the service does no float work per pixel. "float32" is a format-1 file's input."""
     pixels = np.asarray(crop_resized(image, prep, exact))  # [S, S, 3] uint8, a fresh copy of Pillow's buffer
     if prep.input_dtype == "float32":
         # ToTensor then Normalize, folded into one multiply-add: x / 255 / std - mean / std.

@@ -26,7 +26,7 @@ import numpy as np
 from artifact import write_atomically
 from bench import servers
 from bench.load import Connection
-from service.calibrate import folder_images, synthetic_images
+from service.depth.calibrate import folder_images, synthetic_images
 
 
 async def closed_loop(url: str, path: str, payloads, labels, concurrency: int, warmup_s: float, duration_s: float):

@@ -34,11 +34,11 @@ from bench import raw, ratio, report, servers
 from bench.config import BenchConfig, BenchError, parse
 from bench.machine import cpu_name
 from service import config as serve_config
-from service.runtime import ModelLoadError, discover, load_model, model_threads
+from service.engine.runtime import ModelLoadError, discover, load_model, model_threads
 
 # The bench records each model's providers in results.json; the per-session CUDA-fallback warning of
-# service.runtime would only repeat on stderr what the service's own log says once.
-logging.getLogger("service.runtime").setLevel(logging.ERROR)
+# service.engine.runtime would only repeat on stderr what the service's own log says once.
+logging.getLogger("service.engine.runtime").setLevel(logging.ERROR)
 BUSY_LOAD = 0.5  # 1-minute load average above which the numbers are not trustworthy on 2 cores
 
 

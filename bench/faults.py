@@ -7,7 +7,7 @@ on until its first answer that is not a 200. Every request's outcome is counted,
 the signal: a status, `refused` (the connect failed: nothing was sent, safe to retry anywhere), or
 `lost` (the request was sent and the connection closed or reset without an answer: the client cannot
 tell whether it ran). The server's own count of where its connections stood as the drain began
-(service/server.py, DrainingServer) is read from its log.
+(service/api/server.py, DrainingServer) is read from its log.
 """
 
 from __future__ import annotations

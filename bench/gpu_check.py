@@ -5,7 +5,7 @@
 In order, each phase in a process of its own (a crash in one leaves the others' results):
   1. export: resnet18 and resnet152 (224x224, random weights, speed only: bench/models.py) in fp32
      and fp16 with resnet-export, whose fp16 gate runs on the GPU (export/verify.fp16_providers);
-  2. raw: ONNX Runtime's CUDA provider through the service's own runtime (service/runtime.py, I/O
+  2. raw: ONNX Runtime's CUDA provider through the service's own runtime (service/engine/runtime.py, I/O
      binding), batch 1 to 256 per model: host-to-host img/s, the device's compute-only img/s, the
      copy times, and the bound path's outputs against a plain session.run;
   3. diagnose: the service's own runtime objects without HTTP, one suspect changed at a time (fixed
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
                    help="cpu: the diagnose phase alone, on ONNX Runtime's CPU provider (a test without a GPU)")
     args = p.parse_args(argv)
-    from service import cuda
+    from service.engine import cuda
 
     skip = set(filter(None, args.skip.split(",")))
     if args.device == "cpu":
@@ -172,7 +172,7 @@ def raw_phase(args, models: Path) -> dict:
     import numpy as np
 
     from service.config import ServeConfig
-    from service.runtime import discover, load_model
+    from service.engine.runtime import discover, load_model
 
     config = ServeConfig(models=models, providers=("cuda", "cpu"), max_batch_size=max(BATCHES))
     points, parity = [], {}

@@ -6,7 +6,7 @@
 
 On the H200 the service answered 2-4% of the images per second that raw ONNX Runtime gave through
 the same BoundRunner at one fixed batch size (docs/gpu.md). Each case runs the service's own objects
-(service.runtime.load_model, its BoundRunner with pad=True, service.pipeline.ModelPipeline) and
+(service.engine.runtime.load_model, its BoundRunner with pad=True, service.engine.pipeline.ModelPipeline) and
 changes one thing against the baseline, so that the slow case names the cause (docs/gpu.md, "The
 diagnose phase", has the table of cases and the fix each outcome points to):
 
@@ -89,9 +89,9 @@ def _jpegs(folder: Path) -> list[bytes] | str:
 
 
 def _model(path: Path, config, device: str, seconds: float, jpegs, cores: int, log) -> dict:
-    from service import cuda
+    from service.engine import cuda
     from artifact.preprocess import random_batch
-    from service.runtime import load_model
+    from service.engine.runtime import load_model
 
     model = load_model(path, config)
     if model.device != device:
@@ -161,7 +161,7 @@ def _summary(samples: list, elapsed: float) -> dict:
 
 # --- the cases --------------------------------------------------------------------------------------
 def _mixed(model, inputs: dict, seconds: float) -> dict:
-    from service import cuda
+    from service.engine import cuda
 
     cycle = MIXED_CYCLE
     samples, elapsed = _repeat(lambda i: _call(model, inputs[cycle[i % len(cycle)]]), seconds, 3 * len(cycle), len(cycle))
@@ -216,7 +216,7 @@ def _threads(step, seconds: float) -> dict:
 
 def _pipeline(model, config):
     from service.metrics import Metrics
-    from service.pipeline import ModelPipeline
+    from service.engine.pipeline import ModelPipeline
 
     decode_pool = ThreadPoolExecutor(1, thread_name_prefix="decode")  # unused: arrays come prepared
     pipeline = ModelPipeline(model, config, decode_pool, Metrics(lambda: {}))
@@ -269,8 +269,8 @@ def _default_session(model, config, device: str, batch: np.ndarray, seconds: flo
     """The fixed case on a session built with ORT's defaults (no SessionOptions, no provider options)."""
     import onnxruntime as ort
 
-    from service import cuda
-    from service.runtime import PROVIDERS, LoadedModel, model_threads
+    from service.engine import cuda
+    from service.engine.runtime import PROVIDERS, LoadedModel, model_threads
 
     names = [PROVIDERS["cuda"], PROVIDERS["cpu"]] if device == "cuda" else [PROVIDERS["cpu"]]
     session = ort.InferenceSession(str(model.path), providers=names)

@@ -1,7 +1,7 @@
 """One image as an Open Inference Protocol v2 request, framed as tritonclient frames it: the JSON
 header, then the image as one binary BYTES element (4-byte little-endian length, then the file),
 asking for the top 5 as binary classification strings, what /classify answers by default.
-The load generator (bench/load.py --protocol oip) sends these; service/oip_codec.py reads them."""
+The load generator (bench/load.py --protocol oip) sends these; service/api/oip_codec.py reads them."""
 
 from __future__ import annotations
 

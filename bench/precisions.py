@@ -5,7 +5,7 @@
 
 For each checkpoint it runs resnet-export three times (fp32, fp16, int8) into OUT, timing each
 export end to end (trace, verification, calibration, write) and recording the file size. Then it
-loads every model into a CPU session with the service's session options (service.runtime.session_options:
+loads every model into a CPU session with the service's session options (service.engine.runtime.session_options:
 the same threads, optimisation level and no spinning, so the figures compare with resnet-serve's) and measures images/s at each batch size in interleaved rounds
 (each round gives every model `--seconds` of back-to-back calls), reporting the median round, so a
 neighbour's burst of CPU use hits all models alike instead of whichever ran last. Results go to
@@ -32,7 +32,7 @@ from artifact import PRECISIONS, ModelCard, git_commit, write_atomically
 from bench.machine import cpu_name
 from service.config import ServeConfig
 from artifact import preprocess
-from service.runtime import session_options
+from service.engine.runtime import session_options
 
 
 @dataclass(frozen=True)

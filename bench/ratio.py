@@ -12,7 +12,7 @@ that whatever else shares the machine weighs on both alike:
 - service: resnet-serve (one process for the whole run, flags after `--`) under `concurrency`
   closed-loop clients posting the same JPEG files, with the clients' own CPU beside it.
 - raw as served: then raw ONNX Runtime again, at the batch the service really formed (its mean,
-  rounded) in a session with the service's own options (service.runtime.session_options: its
+  rounded) in a session with the service's own options (service.engine.runtime.session_options: its
   thread count, no spinning), run from as many threads at once as the service has instances. It splits the gap in two: reference -> as served is what batch size
   and session options cost; as served -> service is the service's own work per image (HTTP,
   decode, queues, copies) and its clients' share of the cores.
@@ -34,7 +34,7 @@ import onnxruntime as ort
 from artifact import ModelCard
 from bench import servers
 from artifact import preprocess
-from service import runtime
+from service.engine import runtime
 from service.config import ServeConfig
 
 BATCHES = (1, 2, 4, 8, 16, 32)  # the issue's "best batch from 1 to 32"

@@ -1,6 +1,6 @@
 """The ceilings the service is measured against: raw ONNX Runtime and the decode path, in-process.
 
-Raw ONNX Runtime runs each model file with the service's own session options (service.runtime,
+Raw ONNX Runtime runs each model file with the service's own session options (service.engine.runtime,
 same threads) on ready-made batches of the model's input (uint8 pixels or float32, as its card
 says): it decodes nothing, sends nothing, waits for nothing.
 Its best batched throughput is the ceiling of the service's; its batch-1 latency plus one image's
@@ -19,7 +19,7 @@ import onnxruntime as ort
 
 from artifact import preprocess
 from service.config import ServeConfig
-from service.runtime import load_model
+from service.engine.runtime import load_model
 
 
 # ONNX Runtime's default logger prints a CUDA provider that cannot load as an error on stderr at every

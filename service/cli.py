@@ -7,7 +7,7 @@ Uvicorn runs the app: it is the reference ASGI server Litestar documents, a sing
 event loop owns the batchers (a batch can only gather requests that reach the same process), and its
 SIGTERM handling is the drain we want: stop accepting, let in-flight requests finish (up to
 --drain-timeout-s), answer a request that still arrives on an open connection 503 draining
-(--drain-grace-s, service/server.py), then run the lifespan shutdown, which drains the queues and
+(--drain-grace-s, service/api/server.py), then run the lifespan shutdown, which drains the queues and
 closes the pools.
 Scale out with more processes or pods behind a load balancer, not with in-process workers.
 
@@ -22,11 +22,12 @@ import sys
 
 
 import cliconfig
-from service import cascade_file, ladder as ladders, logs
-from service.app import create_app
+from service import logs
+from service.depth import cascade_file, ladder as ladders
+from service.api.app import create_app
 from service.config import ConfigError, parse
-from service.runtime import ModelLoadError, load_models
-from service.server import DrainingServer, uvicorn_config
+from service.engine.runtime import ModelLoadError, load_models
+from service.api.server import DrainingServer, uvicorn_config
 
 log = logging.getLogger("service.cli")
 

@@ -87,8 +87,8 @@ class ServeConfig:
     drain_grace_s: float = _opt(
         2.0, "on SIGTERM, seconds an idle connection may still send a request (503 draining), at most header_timeout_s"
     )
-    # Client timeouts and the read budget (issue 12, docs/robustness.md): uvicorn has no header or
-    # body read timeout of its own, so service/server.py adds them.
+    # Client timeouts and the read budget (docs/robustness.md): uvicorn has no header or
+    # body read timeout of its own, so service/api/server.py adds them.
     header_timeout_s: float = _opt(
         10.0, "seconds to send a request's headers, from connect or the last response (connection closed beyond)"
     )

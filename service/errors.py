@@ -91,7 +91,7 @@ class NotReady(ServiceError):
 
 class Draining(ServiceError):
     """The process got SIGTERM: a request that arrives during the drain is refused, and its connection
-    closed, so that the client retries on another replica (service/server.py)."""
+    closed, so that the client retries on another replica (service/api/server.py)."""
 
     status, code = 503, "draining"
 

@@ -25,6 +25,13 @@ TINY_TRAINING = {
 TINY_DATA = {"image_size": 32, "train_size": 4800, "val_size": 300, "workers": 0, "zero_init_residual": True, "seed": 0}
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """A test that needs a trained network is slow (make test-fast skips it), whichever fixture brought it."""
+    for item in items:
+        if "tiny_checkpoints" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
     """arch -> checkpoint.pt of a briefly trained resnet18 and resnet20 at 32x32 on the synthetic set."""

@@ -17,6 +17,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+pytestmark = pytest.mark.slow  # installs the project into a fresh virtual environment
+
 REPO = Path(__file__).resolve().parents[2]
 TORCH = {"torch", "torchvision", "torchaudio", "triton"}
 

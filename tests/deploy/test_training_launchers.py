@@ -16,6 +16,8 @@ from torch.distributed.run import get_args_parser
 from training import cli as train_cli
 from training.config import TrainConfig
 
+pytestmark = pytest.mark.slow  # runs real torchrun processes
+
 REPO = Path(__file__).resolve().parents[2]
 SBATCH = REPO / "deploy" / "slurm" / "train.sbatch"
 RECORDER = """#!/usr/bin/env python3

@@ -95,7 +95,7 @@ def write_ladder(folder: Path) -> Path:
 
 def write_cascade_file(folder: Path, thresholds=(0.9,), rungs=("resnet18", "resnet50"), **changes) -> Path:
     """folder/cascade.json as resnet-calibrate writes it (the members the service reads)."""
-    from service.cascade_file import file_sha256
+    from service.depth.cascade_file import file_sha256
 
     models = {name: {"sha256": file_sha256(folder / name / "model.onnx"), "gflops": 1e-8} for name in rungs}
     data = {"format_version": 1, "ladder": list(rungs), "models": models, "signal": "max_softmax",

@@ -135,7 +135,7 @@ def test_the_read_budget_refuses_announced_and_chunked_bodies(models_dir, tmp_pa
 # A real fault inside the loop's own code path: the metrics observer it calls as each batch starts
 # raises for resnet18. What is under test (the supervision, the probes, the HTTP answers) is untouched.
 FAULT = """
-from service import pipeline
+from service.engine import pipeline
 _on_batch = pipeline.ModelPipeline._on_batch
 def _broken(self, waits):
     if self.model.name == "resnet18":

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from service.batching import Batcher
+from service.engine.batching import Batcher
 from service.errors import DeadlineExceeded, Overloaded
 
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service import cascade_file, ladder as ladders
-from service.calibrate import gflops, main
+from service.depth import cascade_file, ladder as ladders
+from service.depth.calibrate import gflops, main
 from service.config import ServeConfig
-from service.runtime import load_models
+from service.engine.runtime import load_models
 
 from .colour_models import write_image_folder, write_ladder
 

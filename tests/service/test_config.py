@@ -11,7 +11,7 @@ import pytest
 
 from service.cli import main
 from service.config import ConfigError, ServeConfig, available_cpus, parse
-from service.runtime import model_threads
+from service.engine.runtime import model_threads
 
 # The names the deploy manifests are written against (deploy/): they must not drift.
 STABLE_ENV = {
@@ -43,7 +43,7 @@ def test_flags_beat_environment_beat_defaults():
 def test_zero_threads_means_every_available_cpu_and_the_cpus_shared_between_models():
     config = parse(["--models", "m"], {})
     assert config.decode_threads == available_cpus() >= 1
-    assert config.intra_op_threads == 0  # resolved by service.runtime.model_threads
+    assert config.intra_op_threads == 0  # resolved by service.engine.runtime.model_threads
     assert model_threads(config) == available_cpus()
     assert model_threads(parse(["--models", "m", "--intra-op-threads", "3"], {})) == 3
 
@@ -94,7 +94,7 @@ def test_the_cli_refuses_a_missing_default_model(models_dir, capsys):
 
 def test_the_service_never_imports_torch():
     code = (
-        "import sys, service.cli, service.app, service.pipeline, service.runtime, artifact.preprocess;"
+        "import sys, service.cli, service.api.app, service.engine.pipeline, service.engine.runtime, artifact.preprocess;"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision'));"
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -17,7 +17,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from service import cuda, runtime
+from service.engine import cuda, runtime
 from service.config import ConfigError, ServeConfig, parse
 
 NO_GPU = not cuda.probe().usable
@@ -99,7 +99,7 @@ def test_no_gpu_gives_one_clear_line_and_no_onnx_runtime_errors(models_dir):
     code = (
         "import logging, sys; from pathlib import Path\n"
         "logging.basicConfig(level=logging.INFO, stream=sys.stderr, format='%(levelname)s %(message)s')\n"
-        "from service.config import ServeConfig; from service.runtime import load_models\n"
+        "from service.config import ServeConfig; from service.engine.runtime import load_models\n"
         f"models = load_models(ServeConfig(models=Path({str(models_dir)!r}), providers=('cuda', 'cpu')))\n"
         "print(sorted((m.name, m.device, m.providers) for m in models.values()))\n"
     )
@@ -150,7 +150,7 @@ def test_a_result_survives_the_next_run(session):
 
 def test_loaded_model_reports_its_real_device(models_dir, caplog):
     config = ServeConfig(models=models_dir, providers=("cpu",))
-    with caplog.at_level(logging.INFO, logger="service.runtime"):
+    with caplog.at_level(logging.INFO, logger="service.engine.runtime"):
         models = runtime.load_models(config)
     for model in models.values():
         assert model.device == "cpu" and model.runner is None and model.timings is None

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from bench import gpu_diagnose
-from service import cuda
+from service.engine import cuda
 
 SKIP_ALL_BUT_DIAGNOSE = "export,raw,service,train,cli-train"
 

@@ -10,10 +10,10 @@ import pytest
 
 from litestar.testing import TestClient
 
-from service.app import create_app
+from service.api.app import create_app
 from service.config import ServeConfig
 from artifact.preprocess import prepare
-from service.runtime import load_models
+from service.engine.runtime import load_models
 
 from .conftest import assert_answers, encode, photo, png_claiming, variants
 

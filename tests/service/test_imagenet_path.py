@@ -43,7 +43,10 @@ CROPS_PER_CLASS = 4
 CHEAP_WARM_UP = {"RESNET_SERVE_WARMUP_RUNS": "1", "RESNET_SERVE_MAX_BATCH_SIZE": "2"}
 READY_TIMEOUT_S = 900  # the first run imports and exports resnet152 before the server starts
 
-pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="runs the Makefile's serve-imagenet target")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("make") is None, reason="runs the Makefile's serve-imagenet target"),
+]
 
 
 @pytest.fixture(scope="module")

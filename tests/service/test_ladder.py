@@ -8,11 +8,11 @@ import shutil
 import httpx
 import pytest
 
-from service import cascade_file, ladder as ladders
-from service.cascade import default_policy
+from service.depth import cascade_file, ladder as ladders
+from service.depth.cascade import default_policy
 from service.cli import main
 from service.config import ServeConfig
-from service.runtime import load_models
+from service.engine.runtime import load_models
 
 from .colour_models import CLEAR, DEEP, SHALLOW, png, write_cascade_file, write_ladder, write_model
 from .conftest import start_server

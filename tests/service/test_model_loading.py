@@ -1,5 +1,5 @@
 """resnet-serve refuses a models folder it cannot trust, before the port opens, with one line naming
-the file and the problem (service.runtime.load_models). The model files are tiny real ONNX graphs
+the file and the problem (service.engine.runtime.load_models). The model files are tiny real ONNX graphs
 (average pool + a 3x2 matrix) with real model cards, so each refusal is ONNX Runtime's real answer."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from artifact import PREFIX, FORMAT_VERSION, ModelCard, Preprocessing
 from service.cli import main
 from service.config import ServeConfig
-from service.runtime import ModelLoadError, load_models
+from service.engine.runtime import ModelLoadError, load_models
 
 SIDE = 8
 

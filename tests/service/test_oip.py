@@ -1,4 +1,4 @@
-"""The Open Inference Protocol v2 routes (service/oip.py) driven by Triton's own HTTP client, as a
+"""The Open Inference Protocol v2 routes (service/api/oip.py) driven by Triton's own HTTP client, as a
 user would: health, metadata, images in with classification or probabilities out, binary and JSON,
 pixels in, agreement with /classify on the same photos, concurrent async_infer calls, and the errors
 the client can provoke. Framing errors the client cannot produce: tests/service/test_oip_framing.py.

@@ -154,7 +154,7 @@ def test_413_for_a_body_over_the_limit_announced_or_streamed(tight):
 
 def test_provider_fallback_is_warned_about_and_reported(server, tight):
     providers = {m["name"]: m["providers"] for m in httpx.get(server.url + "/models").json()["models"]}
-    no_gpu = "CUDA requested but"  # no GPU: said once, before ONNX Runtime is asked (service/cuda.py)
+    no_gpu = "CUDA requested but"  # no GPU: said once, before ONNX Runtime is asked (service/engine/cuda.py)
     fell_back = "a GPU is present but ONNX Runtime could not use its CUDA provider"  # said per model
     for name, used in providers.items():
         assert used[-1] == "CPUExecutionProvider"
@@ -285,7 +285,7 @@ def test_the_listen_queue_is_accepted_whole_before_the_socket_closes():
     # DrainingServer accepts these on SIGTERM: closing the listener would reset each one.
     from asyncio.trsock import TransportSocket
 
-    from service.server import _accept_queued
+    from service.api.server import _accept_queued
 
     with socket.create_server(("127.0.0.1", 0)) as listener:
         clients, accepted = [socket.create_connection(listener.getsockname()) for _ in range(3)], []

@@ -1,4 +1,4 @@
-"""`model=auto`: the ladder as a cascade, with latency budgets (issue 10, sections 2 to 4).
+"""`model=auto`: the ladder as a cascade, with latency budgets (docs/cascade.md).
 
 Each image runs on the shallowest rung; an image whose confidence is below that rung's threshold
 goes on to the next rung, and so on; the last rung's answer stands. Escalated images are submitted
@@ -13,7 +13,7 @@ abandoned; either way the shallower answer is returned and says why. Only the sh
 refuse (503 when its queue is full).
 
 The thresholds come from the cascade file that `resnet-calibrate` writes next to the models
-(service/cascade_file.py); without one, DEFAULT_POLICY applies and GET /models says "uncalibrated".
+(service/depth/cascade_file.py); without one, DEFAULT_POLICY applies and GET /models says "uncalibrated".
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.errors import Overloaded
-from service.ladder import Ladder
+from service.depth.ladder import Ladder
 from service.metrics import Metrics
-from service.pipeline import ModelPipeline
+from service.engine.pipeline import ModelPipeline
 
 
 def max_softmax(p: np.ndarray) -> np.ndarray:

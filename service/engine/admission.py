@@ -1,9 +1,8 @@
 """Admission before the body: refuse on what the headers say, and bound the bytes being read.
 
-Before this (issue 12), a request for a model at capacity was refused only after its whole body had
-been read and parsed: a flood of large uploads cost memory and time before its 503s, and an upload
-that announced 8 MB and sent nothing waited 30 s for a 504. Now a classify request is refused with
-503 and Retry-After before a byte of its body is read when
+Refusing only after a body was read and parsed would let a flood of large uploads cost memory and
+time before its 503s (docs/robustness.md). So a classify request is refused with 503 and
+Retry-After before a byte of its body is read when
 
 - its model already has queue_size images in flight (ModelPipeline.check_capacity), or
 - the bodies being read and held by all requests together would pass read_budget_bytes. A body with
@@ -12,7 +11,7 @@ that announced 8 MB and sent nothing waited 30 s for a 504. Now a classify reque
 
 The budget is the bound on request bodies in memory: a body's bytes are held until its answer is
 sent, so it is given back then, not when reading ends. It holds no queue slot: a slow client costs
-bytes of budget, never a model's capacity (slow clients are cut off by service/server.py).
+bytes of budget, never a model's capacity (slow clients are cut off by service/api/server.py).
 """
 
 from __future__ import annotations

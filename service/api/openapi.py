@@ -1,8 +1,8 @@
 """The classify routes' request body in the OpenAPI document, as the service really reads it.
 
-The routes read their body themselves (service/uploads.py, streamed, against the read budget), so
+The routes read their body themselves (service/api/uploads.py, streamed, against the read budget), so
 Litestar sees no `data` parameter and declared no body: the schema said a POST without a body was
-valid (it gets 415), and the /schema UI could not send an image (issue 12, found by Schemathesis).
+valid (it gets 415), and the /schema UI could not send an image (Schemathesis found it).
 This operation class declares what uploads.body_kind accepts: one raw image of a served media type,
 or multipart/form-data whose file parts are images.
 """
@@ -15,7 +15,7 @@ from litestar.openapi.spec import Encoding, OpenAPIMediaType, Operation, Request
 from litestar.openapi.spec.enums import OpenAPIType
 
 from artifact.preprocess import MEDIA_TYPES
-from service.uploads import MULTIPART
+from service.api.uploads import MULTIPART
 
 _BINARY = Schema(type=OpenAPIType.STRING, format="binary")
 _MULTIPART = Schema(

@@ -14,7 +14,7 @@ from typing import Awaitable, Callable, Generic, Sequence, TypeVar
 
 from service.errors import BatcherFailed, DeadlineExceeded, Overloaded
 
-log = logging.getLogger("service.batching")
+log = logging.getLogger("service.engine.batching")
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -99,7 +99,7 @@ class Batcher(Generic[In, Out]):
 
     def _supervise(self, task: asyncio.Task) -> None:
         """The loop's owner (STYLE.md): a loop that ends other than by close() fails its waiters now,
-        rather than at their deadlines, and marks the batcher dead (issue 12)."""
+        rather than at their deadlines, and marks the batcher dead."""
         if task.cancelled():
             error: BaseException = asyncio.CancelledError("the batching loop was cancelled")
         elif task.exception() is not None:

@@ -16,7 +16,7 @@ class Prediction(msgspec.Struct):
 
 
 class CascadeStep(msgspec.Struct, omit_defaults=True):
-    """How model=auto reached an image's answer (service/cascade.py)."""
+    """How model=auto reached an image's answer (service/depth/cascade.py)."""
 
     path: list[str]  # the rungs the image ran on, shallowest first; the last one answered
     signal: str  # the confidence signal: max_softmax, margin or entropy
@@ -77,7 +77,7 @@ class ModelDetail(ModelInfo):
 
 
 class Rung(msgspec.Struct):
-    """One step of the depth ladder (service/ladder.py)."""
+    """One step of the depth ladder (service/depth/ladder.py)."""
 
     name: str
     depth: int

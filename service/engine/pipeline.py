@@ -3,7 +3,7 @@
     bytes --decode pool (threads)--> one image's input --Batcher--> one ORT run per batch --> probabilities
 
 An image's input is what the model's card asks for (artifact.preprocess.prepare): uint8 [S, S, 3]
-pixels for models exported since issue 16, float32 [3, S, S] for older ones. The batch is stacked
+pixels for format-2 cards, float32 [3, S, S] for format-1 files. The batch is stacked
 into one buffer per model allocated at start-up, not a fresh array per batch.
 
 Nothing here runs image or tensor work on the event loop: decoding and preprocessing run in a shared
@@ -23,14 +23,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from artifact import preprocess
-from service.admission import ByteBudget
-from service.batching import Batcher
+from service.engine.batching import Batcher
 from service.config import ServeConfig
 from service.errors import BadImage, InferenceFailed, Overloaded, ServiceError, TooManyPixels
 from service.metrics import Metrics
-from service.runtime import LoadedModel
+from service.engine.runtime import LoadedModel
 
-log = logging.getLogger("service.pipeline")
+log = logging.getLogger("service.engine.pipeline")
 
 
 def _prepare(data: bytes, prep, max_pixels: int) -> tuple[np.ndarray, float]:
@@ -109,7 +108,7 @@ class ModelPipeline:
             self.inflight -= count
 
     async def infer(self, arrays: list[np.ndarray], deadline: float) -> list[np.ndarray]:
-        """Probabilities for inputs the client preprocessed itself (the OIP pixel input, service/oip.py):
+        """Probabilities for inputs the client preprocessed itself (the OIP pixel input, service/api/oip.py):
         the same admission and the same batcher as images, without the decode pool."""
         self.check_capacity(len(arrays))
         self.inflight += len(arrays)
@@ -147,7 +146,7 @@ class ModelPipeline:
 
     async def _decode_one(self, data: bytes, prep, limit: int):
         # The decode pool is shared and first-in first-out: 32 clients flooding resnet152 queued their
-        # decodes ahead of a resnet18 request's, which then waited for all of them (issue 12). Each
+        # decodes ahead of a resnet18 request's, which then waited for all of them. Each
         # model may queue at most as many decodes as the pool has threads; the rest wait here, so
         # another model's request waits for at most one round of decodes, not for a whole flood.
         async with self.decode_slots:
@@ -186,53 +185,3 @@ class ModelPipeline:
         """Run what is queued, then stop the batcher and the inference thread."""
         await self.batcher.close()
         self.executor.shutdown(wait=True)
-
-
-class Service:
-    """Every model's pipeline, the shared decode pool, the metrics and the readiness flag."""
-
-    def __init__(self, config: ServeConfig, models: dict[str, LoadedModel]) -> None:
-        self.config = config
-        self.models = models
-        self.metrics = Metrics(lambda: {(name,): p.inflight for name, p in self.pipelines.items()})
-        self.decode_pool = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="decode")
-        self.pipelines = {name: ModelPipeline(m, config, self.decode_pool, self.metrics) for name, m in models.items()}
-        self.read_budget = ByteBudget(config.read_budget_bytes)  # request bodies being read or held
-        self.warm = False
-        self._warm_task: asyncio.Task | None = None
-
-    @property
-    def failures(self) -> dict[str, str]:
-        """Model name -> why its batching loop died; a non-empty answer means restart me."""
-        return {name: repr(p.batcher.failure) for name, p in self.pipelines.items() if p.batcher.failure is not None}
-
-    @property
-    def ready(self) -> bool:
-        """Warm, and every batcher alive: a dead loop turns /health/ready to 503 (issue 12)."""
-        return self.warm and not self.failures
-
-    async def start(self) -> None:
-        """Start the batchers and, in the background, the warm-up that makes the service ready."""
-        for pipeline in self.pipelines.values():
-            pipeline.start()
-        self._warm_task = asyncio.get_running_loop().create_task(self._warm_up(), name="warm-up")
-
-    async def _warm_up(self) -> None:
-        for name, pipeline in self.pipelines.items():
-            try:
-                seconds = await pipeline.warm_up()
-            except Exception:  # noqa: BLE001 - stay live and unready, say why, let the orchestrator act
-                log.exception("warm-up of %s failed: the service stays unready", name, extra={"model": name})
-                return
-            log.info("warmed up %s in %.2f s", name, seconds, extra={"model": name})
-        self.warm = True
-        log.info("ready: serving %s", ", ".join(self.pipelines), extra={"models": list(self.pipelines)})
-
-    async def close(self) -> None:
-        """Stop warming up, drain every batcher, release the thread pools."""
-        if self._warm_task is not None and not self._warm_task.done():
-            self._warm_task.cancel()
-            await asyncio.gather(self._warm_task, return_exceptions=True)
-        for pipeline in self.pipelines.values():
-            await pipeline.close()
-        self.decode_pool.shutdown(wait=True)

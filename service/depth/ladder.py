@@ -1,6 +1,6 @@
-"""The depth ladder: one served model per depth, shallowest first (issue 10, section 1).
+"""The depth ladder: one served model per depth, shallowest first (docs/cascade.md).
 
-`depth=152` picks the ladder's rung of depth 152, `model=auto` climbs the ladder (service/cascade.py),
+`depth=152` picks the ladder's rung of depth 152, `model=auto` climbs the ladder (service/depth/cascade.py),
 and a request that names no model gets the default model: `--default-model`, or else the shallowest
 rung. Plain Python over the loaded models' cards; nothing here runs a model.
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from service.errors import InvalidParameter, ServiceError
-from service.runtime import PROVIDERS, LoadedModel
+from service.engine.runtime import PROVIDERS, LoadedModel
 
 # Precision preference per provider, fastest first (see the module docstring for why).
 SPEED_ORDER = {

@@ -79,7 +79,7 @@ async def read_multipart(
     except ParserLimitReached as error:
         if "segment count" not in str(error):  # a part's headers are too long or too many
             raise BadImage(f"the multipart/form-data body is malformed: {error}") from None
-        # Thousands of plain form fields beside one image (issue 12) must not read "too many images".
+        # Thousands of plain form fields beside one image must not read "too many images".
         raise TooManyImages(
             f"a multipart upload holds at most {max_images + EXTRA_PARTS} parts: up to {max_images} images "
             f"and {EXTRA_PARTS} other form fields",

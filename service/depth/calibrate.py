@@ -3,7 +3,7 @@
     resnet-calibrate --models models --data synthetic          # the default models (make models)
     resnet-calibrate --models models --data /data/imagenet     # its val/<wnid>/*.JPEG, published weights
 
-For each confidence signal (max_softmax, margin, entropy; service/cascade.py) and each threshold it
+For each confidence signal (max_softmax, margin, entropy; service/depth/cascade.py) and each threshold it
 measures the escalation rate, the cascade's top-1 and top-5 and the mean GFLOPs per image, beside
 each single model's point. The images (4000 by default: half a point of 500 images is only 2.5
 images) are split at random into a calibration half, on which the signal and threshold are chosen
@@ -11,8 +11,8 @@ images) are split at random into a calibration half, on which the signal and thr
 held-out half, on which the choice is reported, so over-fitting shows.
 
 The models run exactly as the service runs them: the service's preprocessing (artifact/preprocess.py
-`prepare`) and ONNX Runtime sessions (service/runtime.py), one threshold for every rung but the last.
-It writes MODELS/cascade.json (read by resnet-serve at start-up, service/cascade_file.py) and
+`prepare`) and ONNX Runtime sessions (service/engine/runtime.py), one threshold for every rung but the last.
+It writes MODELS/cascade.json (read by resnet-serve at start-up, service/depth/cascade_file.py) and
 MODELS/cascade.png (accuracy against mean GFLOPs). GFLOPs are counted from the ONNX graph as
 torchvision counts them (multiply-adds of Conv, Gemm and MatMul: resnet18 1.81, resnet152 11.5 at
 224 px); that needs the `onnx` package. `--data synthetic` renders with training/synthetic.py, which
@@ -33,10 +33,10 @@ from PIL import Image
 
 from artifact import write_atomically
 from artifact import preprocess
-from service import cascade_file, ladder as ladders
-from service.cascade import SIGNALS
+from service.depth import cascade_file, ladder as ladders
+from service.depth.cascade import SIGNALS
 from service.config import ServeConfig
-from service.runtime import LoadedModel, ModelLoadError, load_models
+from service.engine.runtime import LoadedModel, ModelLoadError, load_models
 
 
 class CalibrationError(ValueError):

@@ -1,21 +1,19 @@
-"""The HTTP face: a Litestar app over the serving pipeline (service/pipeline.py).
+"""The HTTP face: a Litestar app over the data plane (service/dataplane.py).
 
     POST /classify?model=resnet18&top_k=5      POST /models/{name}/classify?top_k=5
     POST /classify?depth=152   POST /classify?model=auto&budget_ms=200   (docs/cascade.md)
     GET  /models   GET /models/{name}   GET /health/live   GET /health/ready   GET /metrics
     GET  /schema   (OpenAPI, Litestar's default)
-    /v2/...        the Open Inference Protocol v2 (service/oip.py, docs/oip.md)
+    /v2/...        the Open Inference Protocol v2 (service/api/oip.py, docs/oip.md)
 
-The lifespan creates the pipelines and pools and releases them in its `finally`; the Service lives on
-`app.state.service`. Every error, ours or Litestar's, goes through `error_response` into one shape.
+The lifespan creates the Service (pipelines, ladder, cascade, pools) and releases it in its `finally`;
+it lives on `app.state.service`. Handlers parse, call it, and encode. Every error, ours or
+Litestar's, goes through `error_response` into one shape.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import re
-import time
 import uuid
 from contextlib import asynccontextmanager
 
@@ -25,20 +23,19 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.params import Parameter
 
-from service import admission, cascade_file, errors, ladder as ladders, metrics, oip, schemas, server, uploads
-from service.cascade import Cascade, Policy
+from service import errors, metrics
+from service.api import oip, schemas, server, uploads
+from service.api.context import LOG_FIELDS, REQUEST_ID, RequestContext
+from service.api.openapi import ClassifyOperation
 from service.config import ServeConfig
-from service.openapi import ClassifyOperation
-from service.pipeline import Service
-from service.runtime import LoadedModel
+from service.dataplane import AUTO, Result, Service
+from service.depth import cascade_file, ladder as ladders
+from service.depth.cascade import Policy
+from service.engine.runtime import LoadedModel
 
-log = logging.getLogger("service.app")
-access_log = logging.getLogger("service.access")
+log = logging.getLogger("service.api.app")
 
 DEFAULT_TOP_K = 5
-_REQUEST_ID = "resnet_serving.request_id"  # ASGI scope keys this module sets
-_LOG_FIELDS = "resnet_serving.log_fields"
-_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _ERROR_RESPONSES = {
     status: ResponseSpec(schemas.ErrorBody, description=text)
     for status, text in {
@@ -61,85 +58,47 @@ def _service(request: Request) -> Service:
     return request.app.state.service
 
 
-def _pipeline(service: Service, name: str):
-    if name not in service.pipelines:
-        raise errors.UnknownModel(
-            f"unknown model {name!r}; available: {', '.join(service.pipelines)}", available=list(service.pipelines)
-        )
-    return service.pipelines[name]
-
-
 async def _classify(
-    request: Request, name: str | None, k: int | None, depth: int | None = None, budget_ms: float | None = None
+    request: Request, model: str | None, k: int | None, depth: int | None = None, budget_ms: float | None = None
 ) -> schemas.Classification | schemas.BatchClassification:
-    started = asyncio.get_running_loop().time()
-    service, ladder = _service(request), request.app.state.ladder
-    label, status = "unknown", 500
-    try:
-        name = ladders.resolve(ladder, service.models, name, depth) or ladder.default_model
-        label = name if name in service.pipelines or name == AUTO else "unknown"
-        pipeline = _pipeline(service, ladder.rungs[0] if name == AUTO else name)
-        card = pipeline.model.card
+    """Parse the body, classify through the data plane, encode the answer."""
+    service = _service(request)
+    async with service.call(model, depth) as call:
+        card = call.card
         k = min(DEFAULT_TOP_K, card.num_classes) if k is None else k
         if not 1 <= k <= card.num_classes:
             raise errors.InvalidParameter(
-                f"top_k must be between 1 and {card.num_classes} for {name}, got {k}", parameter="top_k"
+                f"top_k must be between 1 and {card.num_classes} for {call.name}, got {k}", parameter="top_k"
             )
-        if not service.warm:
-            raise errors.NotReady()
+        call.admit(request.content_length)
         kind = uploads.body_kind(request.content_type[0])
         config = service.config
-        # Refused from the headers, before a byte of the body is read (service/admission.py).
-        ticket = admission.admit(pipeline, service.read_budget, request.content_length, config.max_body_bytes)
-        deadline = started + config.request_timeout_s
-        budget = None if budget_ms is None else started + budget_ms / 1000.0
-        try:
-            async with asyncio.timeout_at(deadline):
-                body = ticket.read(request.stream())
-                if kind == "raw":
-                    payloads = [await uploads.read_raw(body, config.max_body_bytes)]
-                else:
-                    boundary = request.content_type[1].get("boundary")
-                    payloads = await uploads.read_multipart(body, boundary, config.max_body_bytes, config.max_images)
-                if name == AUTO:  # the budget bends the depth (cascade.py); the timeout still bounds it
-                    answers = await request.app.state.cascade.classify(payloads, deadline, budget)
-                else:  # a named model: the budget is this request's deadline
-                    async with asyncio.timeout_at(min(deadline, budget or deadline)):
-                        rows = await pipeline.classify(payloads, min(deadline, budget or deadline))
-        except TimeoutError:
-            within = f"budget_ms = {budget_ms}" if budget and budget < deadline else ""
-            raise errors.DeadlineExceeded(
-                f"no answer within {within or f'request_timeout_s = {config.request_timeout_s} s'}"
-            ) from None
-        finally:
-            ticket.release()
-        request.scope[_LOG_FIELDS] = {"model": name, "images": len(payloads)}
-        status = 200
-    except errors.ServiceError as error:
-        status = error.status
-        raise
-    finally:
-        service.metrics.requests.inc(label, str(status))
-        service.metrics.request_seconds.observe(asyncio.get_running_loop().time() - started, label)
-    if name == AUTO:
-        return _auto_answer(request.app.state.cascade, card, answers, k)
-    if len(payloads) == 1:
-        return schemas.Classification(name, schemas.top_k(card, rows[0], k))
-    return schemas.BatchClassification(name, [schemas.ImageResult(schemas.top_k(card, row, k)) for row in rows])
+        body = call.read(request.stream())
+        if kind == "raw":
+            payloads = [await uploads.read_raw(body, config.max_body_bytes)]
+        else:
+            boundary = request.content_type[1].get("boundary")
+            payloads = await uploads.read_multipart(body, boundary, config.max_body_bytes, config.max_images)
+        result = await call.classify(images=payloads, budget_ms=budget_ms)
+    request.scope[LOG_FIELDS] = {"model": result.model, "images": len(result.rows)}
+    return _answer(result, k)
 
 
-AUTO = "auto"  # the cascade's model name: model=auto, /models/auto/classify
-
-
-def _auto_answer(cascade: Cascade, card, answers, k: int):
-    """model=auto's body: each image says which rung answered it and how it got there."""
+def _answer(result: Result, k: int) -> schemas.Classification | schemas.BatchClassification:
+    """One image answers {model, predictions}; several answer {model, results}; auto adds each path."""
+    card = result.card
 
     def step(answer) -> schemas.CascadeStep:
+        policy = result.policy
         return schemas.CascadeStep(
-            answer.path, cascade.policy.signal, round(answer.confidence, 6), answer.threshold,
-            answer.skipped, cascade.policy.calibrated,
+            answer.path, policy.signal, round(answer.confidence, 6), answer.threshold, answer.skipped, policy.calibrated
         )  # fmt: skip
 
+    if result.answers is None:
+        if len(result.rows) == 1:
+            return schemas.Classification(result.model, schemas.top_k(card, result.rows[0], k))
+        return schemas.BatchClassification(result.model, [schemas.ImageResult(schemas.top_k(card, r, k)) for r in result.rows])
+    answers = result.answers
     if len(answers) == 1:
         return schemas.Classification(answers[0].path[-1], schemas.top_k(card, answers[0].row, k), step(answers[0]))
     results = [schemas.ImageResult(schemas.top_k(card, a.row, k), a.path[-1], step(a)) for a in answers]
@@ -182,27 +141,26 @@ async def classify_with(
 
 @get("/models")
 async def list_models(request: Request) -> schemas.ModelList:
-    """Every served model, without class lists."""
-    service, ladder, cascade = _service(request), request.app.state.ladder, request.app.state.cascade
-    default = ladder.default_model
+    """Every served model, without class lists, and the ladder with its cascade."""
+    service = _service(request)
+    default = service.ladder.default_model
     infos = [schemas.model_info(m.card, m.providers, name == default) for name, m in service.models.items()]
-    policy = cascade.policy
-    rungs = [
-        schemas.Rung(name, depth, service.models[name].card.precision,
-                     policy.thresholds[i] if i < len(policy.thresholds) else None, policy.gflops.get(name),
-                     round(service.pipelines[name].batch_seconds * 1000, 3))
-        for i, (name, depth) in enumerate(zip(ladder.rungs, ladder.depths))
-    ]  # fmt: skip
+    rungs = [schemas.Rung(r.name, r.depth, r.precision, r.threshold, r.gflops, r.batch_ms) for r in service.rungs()]
+    policy = service.cascade.policy
     auto = schemas.Auto(policy.signal, policy.calibrated, policy.source)
-    return schemas.ModelList(default, infos, rungs, ladder.rule, auto)
+    return schemas.ModelList(default, infos, rungs, service.ladder.rule, auto)
 
 
 @get("/models/{name:str}", responses={404: _ERROR_RESPONSES[404]})
 async def describe_model(request: Request, name: str) -> schemas.ModelDetail:
     """One model, with its classes in logit order."""
     service = _service(request)
-    model = _pipeline(service, name).model
-    return schemas.model_info(model.card, model.providers, name == request.app.state.ladder.default_model, detail=True)
+    if name not in service.models:
+        raise errors.UnknownModel(
+            f"unknown model {name!r}; available: {', '.join(service.models)}", available=list(service.models)
+        )
+    model = service.models[name]
+    return schemas.model_info(model.card, model.providers, name == service.ladder.default_model, detail=True)
 
 
 @get("/health/live", responses={503: ResponseSpec(schemas.Health, description="a batching loop died")})
@@ -220,7 +178,7 @@ async def ready(request: Request) -> Response[schemas.Health]:
 
 
 def _health(service: Service, status: str) -> Response[schemas.Health]:
-    """A dead batcher fails both probes (the pod must be replaced) and says why (issue 12)."""
+    """A dead batcher fails both probes (the pod must be replaced) and says why."""
     warm = {name: m.warm for name, m in service.models.items()}
     if service.failures:
         return Response(schemas.Health("failed", warm, service.failures), status_code=503)
@@ -237,9 +195,8 @@ async def prometheus(request: Request) -> str:
 
 def _count_refused(request: Request, status: int) -> None:
     service = _service(request)
-    params = request.path_params.get("name") or request.query_params.get("model")
-    name = params or request.app.state.ladder.default_model
-    service.metrics.requests.inc(name if name in service.pipelines or name == AUTO else "unknown", str(status))
+    model = request.path_params.get("name") or request.query_params.get("model")
+    service.metrics.requests.inc(service.label(model), str(status))
 
 
 def error_response(request: Request, exc: Exception) -> Response:
@@ -260,55 +217,13 @@ def error_response(request: Request, exc: Exception) -> Response:
     else:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         error = errors.ServiceError("internal error; the request id identifies it in the logs")
-    request_id = request.scope.get(_REQUEST_ID) or uuid.uuid4().hex
+    request_id = request.scope.get(REQUEST_ID) or uuid.uuid4().hex
     headers = {**error.headers, "X-Request-ID": request_id}
     if isinstance(exc, MethodNotAllowedException) and exc.headers:  # RFC 9110 15.5.6: 405 says Allow
         headers["Allow"] = exc.headers.get("allow") or exc.headers.get("Allow", "")
     if oip.owns(request.url.path):  # the Open Inference Protocol's routes answer its own shape
         return oip.error_response(error, headers)
     return Response(errors.error_body(error, request_id), status_code=error.status, headers=headers)
-
-
-class RequestContext:
-    """ASGI middleware: a request id per request (the client's X-Request-ID if sane), echoed in the
-    response headers, and one structured access-log line per request."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        supplied = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
-        request_id = supplied if _VALID_REQUEST_ID.fullmatch(supplied) else uuid.uuid4().hex
-        scope[_REQUEST_ID] = request_id
-        status = 500
-
-        async def send_with_id(message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
-                message = {**message, "headers": [*headers, (b"x-request-id", request_id.encode())]}
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        except errors.ServiceError as error:  # raised by inner middleware (server.BodyDeadline): answered
-            status = error.status  # by Litestar's handler outside this one, so logged with its status here
-            raise
-        finally:
-            fields = {
-                "request_id": request_id,
-                "method": scope["method"],
-                "path": scope["path"],
-                "status": status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                **scope.get(_LOG_FIELDS, {}),
-            }
-            access_log.info("%s %s %d", scope["method"], scope["path"], status, extra=fields)
 
 
 def create_app(
@@ -324,9 +239,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Litestar):
-        service = Service(config, models)
-        app.state.service, app.state.ladder = service, ladder
-        app.state.cascade = Cascade(ladder, policy, service.pipelines, service.metrics)
+        service = Service(config, models, ladder, policy)
+        app.state.service = service
         await service.start()
         try:
             yield

@@ -1,5 +1,5 @@
 """The Open Inference Protocol v2 (KServe's "V2 inference protocol", Triton's HTTP API) as a Litestar
-Router: a second face on the same per-model pipelines as /classify (service/pipeline.py).
+Router: a second face on the same per-model pipelines as /classify (service/engine/pipeline.py).
 
     GET  /v2   /v2/health/live   /v2/health/ready
     GET  /v2/models/{name}[/versions/1]   /v2/models/{name}[/versions/1]/ready
@@ -24,21 +24,21 @@ import numpy as np
 from litestar import MediaType, Request, Response, Router, get, post
 from litestar.openapi import ResponseSpec
 
-from service import admission, errors, uploads
-from service.oip_codec import (
+from service import errors
+from service.api import uploads
+from service.api.context import LOG_FIELDS
+from service.api.oip_codec import (
     HEADER_LENGTH, BadRequest, Output, classification, datatype_of, encode_response, parse_request, split_body,
 )  # fmt: skip
-from service.pipeline import ModelPipeline, Service
+from service.dataplane import AUTO, Call, Service
+from service.engine.runtime import LoadedModel
 
 PREFIX = "/v2"
 VERSION = "1"  # the only version of each model (docs/oip.md, "Versions")
 IMAGE_INPUT = "image"
 OUTPUT = "probabilities"
-AUTO = "auto"  # the depth cascade's model name, as /classify's model=auto (service/app.py AUTO)
 PLATFORM = "onnxruntime_onnx"  # Triton's name for an ONNX model run by ONNX Runtime
 EXTENSIONS = ["binary_tensor_data", "classification"]
-_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
-_LOG_FIELDS = "resnet_serving.log_fields"  # the scope key app.RequestContext logs (app.py imports us)
 _INLINE_HEADER_BYTES = 65536  # a larger JSON header (pixels as JSON) is parsed in the decode pool
 
 
@@ -74,49 +74,50 @@ def error_response(error: errors.ServiceError, headers: dict[str, str]) -> Respo
     return Response({"error": error.message}, status_code=error.status, headers=headers)
 
 
-def _resolve(request: Request, name: str, version: str | None) -> ModelPipeline:
-    # The one place a protocol model name becomes a pipeline. `auto` (the depth cascade, issue 10)
-    # starts on the ladder's shallowest rung; _infer hands its images to the cascade.
-    service, ladder = request.app.state.service, request.app.state.ladder
-    if name != AUTO and name not in service.pipelines:
-        available = ", ".join([*service.pipelines, AUTO])
-        raise errors.UnknownModel(f"unknown model {name!r}; available: {available}")
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+def _check_version(name: str, version: str | None) -> None:
     if version is not None and version != VERSION:
         raise errors.UnknownModel(f"model {name!r} has no version {version!r}; its only version is {VERSION!r}")
-    return service.pipelines[ladder.rungs[0] if name == AUTO else name]
 
 
-def pixel_input(pipeline: ModelPipeline) -> tuple[str, np.dtype, list[int]]:
-    """The graph's input as the session reports it: name, numpy dtype, shape with -1 where dynamic."""
-    card, session = pipeline.model.card, pipeline.model.session
-    (node,) = [node for node in session.get_inputs() if node.name == card.input_name]
-    shape = [d if isinstance(d, int) and d > 0 else -1 for d in node.shape]
-    return node.name, np.dtype(_ORT_TYPES[node.type]), shape
+def _model(service: Service, name: str, version: str | None) -> LoadedModel:
+    """The model a protocol name starts on: `auto` starts on the ladder's shallowest rung."""
+    if name != AUTO and name not in service.models:
+        raise errors.UnknownModel(f"unknown model {name!r}; available: {', '.join([*service.models, AUTO])}")
+    _check_version(name, version)
+    return service.models[service.ladder.rungs[0] if name == AUTO else name]
 
 
-def _auto_metadata(request: Request, first: ModelPipeline) -> dict:
+def pixel_input(model: LoadedModel) -> tuple[str, np.dtype, list[int]]:
+    """The graph's input as the card describes it: name, numpy dtype, shape with -1 for the batch."""
+    shape = model.card.preprocessing.input_shape(1)
+    return model.card.input_name, np.dtype(model.input_dtype), [-1, *shape[1:]]
+
+
+def _auto_metadata(service: Service, first: LoadedModel) -> dict:
     """`auto` takes image files only: each rung may preprocess differently, so no one pixel tensor fits."""
     metadata = _metadata(first)
-    cascade = request.app.state.cascade
+    policy = service.cascade.policy
     metadata["name"] = AUTO
     metadata["inputs"] = metadata["inputs"][:1]
-    metadata["parameters"].update(
-        rungs=list(request.app.state.ladder.rungs), signal=cascade.policy.signal, calibrated=cascade.policy.calibrated
-    )
+    metadata["parameters"].update(rungs=list(service.ladder.rungs), signal=policy.signal, calibrated=policy.calibrated)
     return metadata
 
 
 def _pixels_description(prep) -> str:
     """How a client makes the pixel input itself, from the card (artifact.Preprocessing)."""
     steps = f"RGB, resize the shorter side to {prep.resize_size}, center crop {prep.input_size}, {prep.layout}"
-    if prep.input_dtype == "uint8":  # issue 16: the graph does ToTensor and Normalize itself
+    if prep.input_dtype == "uint8":  # the graph does ToTensor and Normalize itself
         return f"{steps}, 0..255 (the model normalises)"
     return f"{steps}, /255, normalised by mean {list(prep.mean)} std {list(prep.std)}"
 
 
-def _metadata(pipeline: ModelPipeline) -> dict:
-    card = pipeline.model.card
-    name, dtype, shape = pixel_input(pipeline)
+def _metadata(model: LoadedModel) -> dict:
+    card = model.card
+    name, dtype, shape = pixel_input(model)
     prep = card.preprocessing
     return {
         "name": card.name,
@@ -161,14 +162,15 @@ def _ready(ok: bool) -> Response:
 @get("/health/ready", media_type=MediaType.TEXT, responses={503: _NOT_READY})
 async def ready(request: Request) -> Response:
     """200 once every model is warm, 503 (Retry-After) before: as /health/ready."""
-    return _ready(request.app.state.service.ready)
+    return _ready(_service(request).ready)
 
 
 @get(["/models/{name:str}", "/models/{name:str}/versions/{version:str}"], responses=_responses(404))
 async def model_metadata(request: Request, name: str, version: str | None = None) -> dict:
     """Model metadata: versions, platform, inputs and outputs with datatype and shape."""
-    pipeline = _resolve(request, name, version)
-    return _auto_metadata(request, pipeline) if name == AUTO else _metadata(pipeline)
+    service = _service(request)
+    model = _model(service, name, version)
+    return _auto_metadata(service, model) if name == AUTO else _metadata(model)
 
 
 @get(
@@ -178,8 +180,8 @@ async def model_metadata(request: Request, name: str, version: str | None = None
 )
 async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
     """200 once this model is warm and the service ready, 503 before."""
-    service = request.app.state.service
-    return _ready(service.ready and _resolve(request, name, version).model.warm)
+    service = _service(request)
+    return _ready(service.ready and _model(service, name, version).warm)
 
 
 @post(
@@ -189,96 +191,61 @@ async def model_ready(request: Request, name: str, version: str | None = None) -
 )
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
     """Inference: images (BYTES) or pixels in, probabilities or top-k classifications out."""
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    service: Service = request.app.state.service
-    label, status = (name if name in service.pipelines or name == AUTO else "unknown"), 500
-    try:
-        pipeline = _resolve(request, name, version)
-        response, count = await _infer(request, service, pipeline, started, name == AUTO)
-        request.scope[_LOG_FIELDS] = {"model": name, "images": count, "protocol": "oip"}
-        status = 200
-        return response
-    except errors.ServiceError as error:
-        status = error.status
-        raise
-    finally:
-        service.metrics.requests.inc(label, str(status))
-        service.metrics.request_seconds.observe(loop.time() - started, label)
+    service = _service(request)
+    config = service.config
+    async with service.call(name) as call:
+        _check_version(name, version)
+        encoding = request.headers.get("content-encoding", "identity").lower()
+        if encoding != "identity":
+            raise errors.UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported: send the body uncompressed")
+        call.admit(request.content_length)
+        body = await uploads.read_raw(call.read(request.stream()), config.max_body_bytes)
+        header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
+        if len(header) > _INLINE_HEADER_BYTES:
+            parsed = await asyncio.get_running_loop().run_in_executor(service.decode_pool, parse_request, header, binary)
+        else:
+            parsed = parse_request(header, binary)
+        outputs = _requested_outputs(parsed.outputs, parsed.binary_output, call.card.num_classes)
+        if len(parsed.inputs) != 1:
+            names = ", ".join(repr(t.name) for t in parsed.inputs)
+            raise BadRequest(f"send exactly one input, {IMAGE_INPUT!r} or the pixel input; got {names}")
+        (tensor,) = parsed.inputs
+        budget_ms = _budget_ms(parsed.parameters)
+        if tensor.name == IMAGE_INPUT:
+            result = await call.classify(images=_images(tensor, config.max_images), budget_ms=budget_ms)
+        elif call.auto:
+            raise BadRequest(f"model {AUTO!r} takes only the {IMAGE_INPUT!r} input, got {tensor.name!r}")
+        else:
+            result = await call.classify(pixels=_pixels(tensor, call, config.max_images), budget_ms=budget_ms)
+    request.scope[LOG_FIELDS] = {"model": name, "images": len(result.rows), "protocol": "oip"}
+    return _response(result, outputs, parsed.id)
 
 
-async def _infer(
-    request: Request, service: Service, pipeline: ModelPipeline, started: float, auto: bool
-) -> tuple[Response, int]:
-    config, card = service.config, pipeline.model.card
-    if not service.warm:  # a dead batcher is refused by admission.admit, with a 500 for its model only
-        raise errors.NotReady()
-    encoding = request.headers.get("content-encoding", "identity").lower()
-    if encoding != "identity":
-        raise errors.UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported: send the body uncompressed")
-    # The same admission as /classify (service/admission.py): refused from the headers, before the body.
-    ticket = admission.admit(pipeline, service.read_budget, request.content_length, config.max_body_bytes)
-    deadline = started + config.request_timeout_s
-    budget = None
-    try:
-        async with asyncio.timeout_at(deadline):
-            body = await uploads.read_raw(ticket.read(request.stream()), config.max_body_bytes)
-            header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
-            if len(header) > _INLINE_HEADER_BYTES:
-                loop = asyncio.get_running_loop()
-                parsed = await loop.run_in_executor(service.decode_pool, parse_request, header, binary)
-            else:
-                parsed = parse_request(header, binary)
-            outputs = _requested_outputs(parsed.outputs, parsed.binary_output, card.num_classes)
-            if len(parsed.inputs) != 1:
-                names = ", ".join(repr(t.name) for t in parsed.inputs)
-                raise BadRequest(f"send exactly one input, {IMAGE_INPUT!r} or the pixel input; got {names}")
-            (tensor,) = parsed.inputs
-            budget = _budget(parsed.parameters, started)
-            answered_by = None
-            if auto:  # the cascade (service/cascade.py); the budget bends its depth, as for /classify
-                if tensor.name != IMAGE_INPUT:
-                    raise BadRequest(f"model {AUTO!r} takes only the {IMAGE_INPUT!r} input, got {tensor.name!r}")
-                answers = await request.app.state.cascade.classify(_images(tensor, config.max_images), deadline, budget)
-                rows, answered_by = [a.row for a in answers], [a.path[-1] for a in answers]
-            else:  # a named model: the budget is this request's deadline
-                limit = min(deadline, budget or deadline)
-                async with asyncio.timeout_at(limit):
-                    if tensor.name == IMAGE_INPUT:
-                        rows = await pipeline.classify(_images(tensor, config.max_images), limit)
-                    else:
-                        rows = await pipeline.infer(_pixels(tensor, pipeline, config.max_images), limit)
-    except TimeoutError:
-        within = "the request's budget_ms" if budget and budget < deadline else ""
-        raise errors.DeadlineExceeded(
-            f"no answer within {within or f'request_timeout_s = {config.request_timeout_s} s'}"
-        ) from None
-    finally:
-        ticket.release()
-    probabilities = np.stack(rows).astype(np.float32, copy=False)
+def _response(result, outputs: list[Output], request_id: str | None) -> Response:
+    probabilities = np.stack(result.rows).astype(np.float32, copy=False)
     tensors = []
     for output in outputs:
         if output.classification:
-            top = classification(probabilities, output.classification, card.class_names)
-            tensors.append((OUTPUT, "BYTES", [len(rows), output.classification], top, output.binary))
+            top = classification(probabilities, output.classification, result.card.class_names)
+            tensors.append((OUTPUT, "BYTES", [len(result.rows), output.classification], top, output.binary))
         else:
             tensors.append((OUTPUT, "FP32", list(probabilities.shape), probabilities, output.binary))
-    parameters = None if answered_by is None else {"answered_by": answered_by}
-    content, header_length = encode_response(AUTO if auto else card.name, VERSION, parsed.id, tensors, parameters)
+    parameters = None if result.answers is None else {"answered_by": result.answered_by}
+    content, header_length = encode_response(result.model if result.answers is None else AUTO, VERSION, request_id,
+                                             tensors, parameters)  # fmt: skip
     if header_length is None:
-        return Response(content, media_type="application/json"), len(rows)
-    headers = {HEADER_LENGTH: str(header_length)}
-    return Response(content, media_type="application/octet-stream", headers=headers), len(rows)
+        return Response(content, media_type="application/json")
+    return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
 
 
-def _budget(parameters: dict, started: float) -> float | None:
-    """The request parameter `budget_ms` as a loop-time deadline (None: no budget), as /classify's."""
+def _budget_ms(parameters: dict) -> float | None:
+    """The request parameter `budget_ms`, as /classify's query parameter (None: no budget)."""
     budget_ms = parameters.get("budget_ms")
     if budget_ms is None:
         return None
     if not isinstance(budget_ms, (int, float)) or isinstance(budget_ms, bool) or not budget_ms > 0:
         raise BadRequest(f"parameter 'budget_ms' must be a positive number of milliseconds, got {budget_ms!r}")
-    return started + budget_ms / 1000.0
+    return float(budget_ms)
 
 
 def _requested_outputs(outputs: list[Output] | None, binary_default: bool, num_classes: int) -> list[Output]:
@@ -317,10 +284,10 @@ def _images(tensor, max_images: int) -> list[bytes]:
     return tensor.data
 
 
-def _pixels(tensor, pipeline: ModelPipeline, max_images: int) -> list[np.ndarray]:
-    name, dtype, shape = pixel_input(pipeline)
+def _pixels(tensor, call: Call, max_images: int) -> list[np.ndarray]:
+    name, dtype, shape = pixel_input(call.model)
     if tensor.name != name:
-        raise BadRequest(f"unknown input {tensor.name!r}; {pipeline.model.name} takes {IMAGE_INPUT!r} or {name!r}")
+        raise BadRequest(f"unknown input {tensor.name!r}; {call.model.name} takes {IMAGE_INPUT!r} or {name!r}")
     if tensor.datatype != datatype_of(dtype):
         raise BadRequest(f"input {name!r} must be {datatype_of(dtype)}, got {tensor.datatype}")
     if len(tensor.shape) != len(shape) or any(want not in (-1, got) for want, got in zip(shape, tensor.shape)):

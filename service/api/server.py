@@ -1,13 +1,11 @@
 """The HTTP server around the app: uvicorn, plus the client timeouts it does not have.
 
-Uvicorn (0.30 to 0.54, h11 protocol; httptools is not installed) closes a keep-alive connection
+Uvicorn (0.30 to 0.55, the bound in pyproject.toml; h11 protocol; httptools is not installed) closes a keep-alive connection
 that stays idle `timeout_keep_alive` seconds after a response, bounds a request head to
 `h11_max_incomplete_event_size` bytes (16 KiB: 400 beyond), and can refuse requests past
-`limit_concurrency` connections. It has no timeout for a request's head or body: measured on the
-service before issue 12, 100 connections that never sent a byte and 200 that sent a header line
-every 5 s were all still open after 60 s, and a body trickled at a byte a second got its 504 at
-request_timeout_s but kept its connection open. Two additions close that, so that `make serve`
-itself is protected (a proxy in front may add its own timeouts, not replace these):
+`limit_concurrency` connections. It has no timeout for a request's head or body, so idle and
+trickling connections stay open indefinitely (measured in docs/robustness.md). Two additions close
+that, so that `make serve` itself is protected (a proxy in front may add its own timeouts):
 
 - `HeadDeadline`, the h11 protocol with one timer: a connection must deliver a complete request
   head within header_timeout_s of connecting or of its previous response, or it is closed. Data
@@ -19,7 +17,7 @@ itself is protected (a proxy in front may add its own timeouts, not replace thes
   early (413, 503, 408) cannot keep feeding bytes that the server would read and throw away.
 
 A slow client therefore holds a connection and a few kilobytes of buffers for at most
-header_timeout_s + body_timeout_s, never a decode thread or a queue slot (service/admission.py).
+header_timeout_s + body_timeout_s, never a decode thread or a queue slot (service/engine/admission.py).
 
 On SIGTERM uvicorn closes the listening socket, lets running requests finish (closing their
 connections after, without saying so in the response) and closes every other connection at once.
@@ -50,7 +48,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from service.config import ServeConfig
 from service.errors import BodyTimeout, Draining, HeadersTooLarge
 
-log = logging.getLogger("service.server")
+log = logging.getLogger("service.api.server")
 
 # h11 refuses a head over 16 KiB only while it is incomplete: one that arrives whole in a single read
 # (up to 256 KiB) was accepted, measured with a 70 KB header. These bound what the app will look at:

@@ -15,9 +15,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from service.cascade import SIGNALS, Policy, default_policy
-from service.ladder import Ladder
-from service.runtime import LoadedModel
+from service.depth.cascade import SIGNALS, Policy, default_policy
+from service.depth.ladder import Ladder
+from service.engine.runtime import LoadedModel
 
 FILENAME = "cascade.json"
 FORMAT_VERSION = 1

@@ -16,10 +16,10 @@ import numpy as np
 import onnxruntime as ort
 
 from artifact import ArtifactError, ModelCard
-from service import cuda
+from service.engine import cuda
 from service.config import ServeConfig, available_cpus
 
-log = logging.getLogger("service.runtime")
+log = logging.getLogger("service.engine.runtime")
 
 PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
@@ -149,7 +149,7 @@ def provider_list(requested: tuple[str, ...]) -> list[str]:
 
 
 def providers_with_options(config: ServeConfig) -> list:
-    """provider_list with the CUDA provider's serving options (service.cuda) attached."""
+    """provider_list with the CUDA provider's serving options (service.engine.cuda) attached."""
     options = cuda.provider_options(
         config.cuda_device_id, config.cudnn_conv_algo_search, config.cuda_arena_extend_strategy
     )
