@@ -9,7 +9,7 @@ CHECKPOINTS ?= checkpoints
 SEED ?= 0
 MODELS ?= models
 
-.PHONY: install test serve models bench clean
+.PHONY: install test test-fast serve models bench clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,11 @@ $(VENV)/.installed: pyproject.toml
 
 test: install
 	$(BIN)/python -m pytest
+
+# Everything that needs no trained network (tests/conftest.py marks the rest `slow`): for a change
+# to the HTTP layer, the ladder, the configs, the docs or the manifests.
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
 
 # --- default models: trained on the synthetic set, reused when present ------------------------
 # (the install is order-only, so a reinstall does not retrain)

@@ -70,6 +70,7 @@ class ServeConfig:
     instances: int = _opt(1, "batches of one model that run at once, each on its own thread (1 on CUDA)")
     decode_threads: int = _opt(0, "threads decoding and preprocessing images; 0 = one per available CPU")
     request_timeout_s: float = _opt(30.0, "deadline of a request from arrival, in seconds (504 beyond)")
+    abstain: bool = _opt(False, "say for every answer whether it is below its model's calibrated confidence (abstain=true asks per request)")
     providers: tuple[str, ...] = _opt(
         ("cuda", "cpu"), "ONNX Runtime providers in order of preference, comma-separated: cuda, cpu", sep=","
     )

@@ -24,6 +24,7 @@ from artifact import ModelCard
 from service import errors
 from service.config import ServeConfig
 from service.depth import ladder as ladders
+from service.depth import abstain as abstention
 from service.depth.cascade import Answer, Cascade, Policy
 from service.engine import admission
 from service.engine.admission import ByteBudget
@@ -58,6 +59,7 @@ class Result:
     answered_by: list[str]  # the model that answered each image
     answers: list[Answer] | None = None  # AUTO only: each image's way up the ladder
     policy: Policy | None = None  # AUTO only: the cascade's signal and calibration
+    verdicts: list[abstention.Verdict] | None = None  # when abstention was asked: one per image
 
 
 class Call:
@@ -156,10 +158,19 @@ class Call:
         images: list[bytes] | None = None,
         pixels: list[np.ndarray] | None = None,
         budget_ms: float | None = None,
+        abstain: bool | None = None,
     ) -> Result:
         """Probabilities for the images (file bytes) or the pixels (the model's own input, per image).
 
-        `budget_ms` bends the cascade's depth; for a named model it is the request's deadline."""
+        `budget_ms` bends the cascade's depth; for a named model it is the request's deadline.
+        `abstain` (None: the server's setting) adds each image's verdict from its answering model."""
+        result = await self._classify(images, pixels, budget_ms)
+        if abstain if abstain is not None else self.service.config.abstain:
+            rules = self.service.cascade.policy.abstain
+            result.verdicts = [abstention.judge(row, rules.get(name)) for row, name in zip(result.rows, result.answered_by)]
+        return result
+
+    async def _classify(self, images, pixels, budget_ms) -> Result:
         if budget_ms is not None:
             self.budget_ms = budget_ms
             self.budget_deadline = self.started + budget_ms / 1000.0

@@ -59,7 +59,7 @@ def _service(request: Request) -> Service:
 
 
 async def _classify(
-    request: Request, model: str | None, k: int | None, depth: int | None = None, budget_ms: float | None = None
+    request: Request, model: str | None, k: int | None, depth: int | None, budget_ms: float | None, abstain: bool | None
 ) -> schemas.Classification | schemas.BatchClassification:
     """Parse the body, classify through the data plane, encode the answer."""
     service = _service(request)
@@ -79,14 +79,23 @@ async def _classify(
         else:
             boundary = request.content_type[1].get("boundary")
             payloads = await uploads.read_multipart(body, boundary, config.max_body_bytes, config.max_images)
-        result = await call.classify(images=payloads, budget_ms=budget_ms)
+        result = await call.classify(images=payloads, budget_ms=budget_ms, abstain=abstain)
     request.scope[LOG_FIELDS] = {"model": result.model, "images": len(result.rows)}
     return _answer(result, k)
 
 
 def _answer(result: Result, k: int) -> schemas.Classification | schemas.BatchClassification:
-    """One image answers {model, predictions}; several answer {model, results}; auto adds each path."""
+    """One image answers {model, predictions}; several answer {model, results}; auto adds each path,
+    abstention each verdict."""
     card = result.card
+    verdicts = result.verdicts or [None] * len(result.rows)
+
+    def extra(i: int) -> dict:
+        verdict = verdicts[i]
+        if verdict is None:
+            return {}
+        why = schemas.Abstention(verdict.reason, verdict.confidence, verdict.threshold)
+        return {"abstained": verdict.abstained, "abstention": why}
 
     def step(answer) -> schemas.CascadeStep:
         policy = result.policy
@@ -96,18 +105,25 @@ def _answer(result: Result, k: int) -> schemas.Classification | schemas.BatchCla
 
     if result.answers is None:
         if len(result.rows) == 1:
-            return schemas.Classification(result.model, schemas.top_k(card, result.rows[0], k))
-        return schemas.BatchClassification(result.model, [schemas.ImageResult(schemas.top_k(card, r, k)) for r in result.rows])
+            return schemas.Classification(result.model, schemas.top_k(card, result.rows[0], k), **extra(0))
+        results = [schemas.ImageResult(schemas.top_k(card, r, k), **extra(i)) for i, r in enumerate(result.rows)]
+        return schemas.BatchClassification(result.model, results)
     answers = result.answers
     if len(answers) == 1:
-        return schemas.Classification(answers[0].path[-1], schemas.top_k(card, answers[0].row, k), step(answers[0]))
-    results = [schemas.ImageResult(schemas.top_k(card, a.row, k), a.path[-1], step(a)) for a in answers]
+        a = answers[0]
+        return schemas.Classification(a.path[-1], schemas.top_k(card, a.row, k), step(a), **extra(0))
+    results = [
+        schemas.ImageResult(schemas.top_k(card, a.row, k), a.path[-1], step(a), **extra(i)) for i, a in enumerate(answers)
+    ]
     return schemas.BatchClassification(AUTO, results)
 
 
 _DEPTH = Parameter(default=None, ge=1, description="pick the ladder's model of this depth (GET /models lists them)")
 _BUDGET = Parameter(
     default=None, gt=0, description="latency budget, ms: a named model's deadline; model=auto escalates only within it"
+)
+_ABSTAIN = Parameter(
+    default=None, description="say whether each answer is below its model's calibrated confidence (default: the server's --abstain)"
 )
 _TOP_K = Parameter(
     default=None, ge=1, description="classes to return, 1 to the model's class count (default 5, or all if fewer)"
@@ -125,18 +141,19 @@ async def classify(
     top_k: int | None = _TOP_K,
     depth: int | None = _DEPTH,
     budget_ms: float | None = _BUDGET,
+    abstain: bool | None = _ABSTAIN,
 ) -> schemas.Classification | schemas.BatchClassification:
     """Classify the posted image(s) with `model` (the configured default if absent)."""
-    return await _classify(request, model, top_k, depth, budget_ms)
+    return await _classify(request, model, top_k, depth, budget_ms, abstain)
 
 
 @post("/models/{name:str}/classify", **_CLASSIFY)
 async def classify_with(
     request: Request, name: str, top_k: int | None = _TOP_K, depth: int | None = _DEPTH,
-    budget_ms: float | None = _BUDGET,
+    budget_ms: float | None = _BUDGET, abstain: bool | None = _ABSTAIN,
 ) -> schemas.Classification | schemas.BatchClassification:
     """Classify the posted image(s) with the model in the path."""
-    return await _classify(request, name, top_k, depth, budget_ms)
+    return await _classify(request, name, top_k, depth, budget_ms, abstain)
 
 
 @get("/models")
@@ -144,7 +161,11 @@ async def list_models(request: Request) -> schemas.ModelList:
     """Every served model, without class lists, and the ladder with its cascade."""
     service = _service(request)
     default = service.ladder.default_model
-    infos = [schemas.model_info(m.card, m.providers, name == default) for name, m in service.models.items()]
+    rules = service.cascade.policy.abstain
+    infos = [
+        schemas.model_info(m.card, m.providers, name == default, abstain_threshold=_threshold(rules.get(name)))
+        for name, m in service.models.items()
+    ]
     rungs = [schemas.Rung(r.name, r.depth, r.precision, r.threshold, r.gflops, r.batch_ms) for r in service.rungs()]
     policy = service.cascade.policy
     auto = schemas.Auto(policy.signal, policy.calibrated, policy.source)
@@ -159,8 +180,13 @@ async def describe_model(request: Request, name: str) -> schemas.ModelDetail:
         raise errors.UnknownModel(
             f"unknown model {name!r}; available: {', '.join(service.models)}", available=list(service.models)
         )
-    model = service.models[name]
-    return schemas.model_info(model.card, model.providers, name == service.ladder.default_model, detail=True)
+    model, rule = service.models[name], service.cascade.policy.abstain.get(name)
+    default = name == service.ladder.default_model
+    return schemas.model_info(model.card, model.providers, default, detail=True, abstain_threshold=_threshold(rule))
+
+
+def _threshold(rule) -> float | None:
+    return None if rule is None else rule.threshold
 
 
 @get("/health/live", responses={503: ResponseSpec(schemas.Health, description="a batching loop died")})

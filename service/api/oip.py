@@ -210,13 +210,13 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
             names = ", ".join(repr(t.name) for t in parsed.inputs)
             raise BadRequest(f"send exactly one input, {IMAGE_INPUT!r} or the pixel input; got {names}")
         (tensor,) = parsed.inputs
-        budget_ms = _budget_ms(parsed.parameters)
+        options = {"budget_ms": _budget_ms(parsed.parameters), "abstain": _abstain(parsed.parameters)}
         if tensor.name == IMAGE_INPUT:
-            result = await call.classify(images=_images(tensor, config.max_images), budget_ms=budget_ms)
+            result = await call.classify(images=_images(tensor, config.max_images), **options)
         elif call.auto:
             raise BadRequest(f"model {AUTO!r} takes only the {IMAGE_INPUT!r} input, got {tensor.name!r}")
         else:
-            result = await call.classify(pixels=_pixels(tensor, call, config.max_images), budget_ms=budget_ms)
+            result = await call.classify(pixels=_pixels(tensor, call, config.max_images), **options)
     request.scope[LOG_FIELDS] = {"model": name, "images": len(result.rows), "protocol": "oip"}
     return _response(result, outputs, parsed.id)
 
@@ -230,7 +230,13 @@ def _response(result, outputs: list[Output], request_id: str | None) -> Response
             tensors.append((OUTPUT, "BYTES", [len(result.rows), output.classification], top, output.binary))
         else:
             tensors.append((OUTPUT, "FP32", list(probabilities.shape), probabilities, output.binary))
-    parameters = None if result.answers is None else {"answered_by": result.answered_by}
+    parameters = {}
+    if result.answers is not None:
+        parameters["answered_by"] = result.answered_by
+    if result.verdicts is not None:  # one per image, as answered_by: the protocol's parameters are flat
+        parameters["abstained"] = [v.abstained for v in result.verdicts]
+        parameters["abstention"] = [v.reason for v in result.verdicts]
+    parameters = parameters or None
     content, header_length = encode_response(result.model if result.answers is None else AUTO, VERSION, request_id,
                                              tensors, parameters)  # fmt: skip
     if header_length is None:
@@ -246,6 +252,14 @@ def _budget_ms(parameters: dict) -> float | None:
     if not isinstance(budget_ms, (int, float)) or isinstance(budget_ms, bool) or not budget_ms > 0:
         raise BadRequest(f"parameter 'budget_ms' must be a positive number of milliseconds, got {budget_ms!r}")
     return float(budget_ms)
+
+
+def _abstain(parameters: dict) -> bool | None:
+    """The request parameter `abstain`, as /classify's query parameter (None: the server's setting)."""
+    abstain = parameters.get("abstain")
+    if abstain is not None and not isinstance(abstain, bool):
+        raise BadRequest(f"parameter 'abstain' must be true or false, got {abstain!r}")
+    return abstain
 
 
 def _requested_outputs(outputs: list[Output] | None, binary_default: bool, num_classes: int) -> list[Output]:

@@ -26,18 +26,30 @@ class CascadeStep(msgspec.Struct, omit_defaults=True):
     calibrated: bool = True  # False: the thresholds are the documented default, not measured
 
 
+class Abstention(msgspec.Struct, omit_defaults=True):
+    """Why an answer is (or is not) to be trusted (service/depth/abstain.py)."""
+
+    reason: str  # in words a person can read
+    confidence: float | None = None  # the answering model's largest probability
+    threshold: float | None = None  # its calibrated threshold; absent when uncalibrated
+
+
 class Classification(msgspec.Struct, omit_defaults=True):
     """The answer for one image."""
 
     model: str
     predictions: list[Prediction]  # top_k, highest probability first
     cascade: CascadeStep | None = None  # model=auto only
+    abstained: bool | None = None  # with abstain=true: the answer is below its model's calibrated confidence
+    abstention: Abstention | None = None  # with abstain=true: why
 
 
 class ImageResult(msgspec.Struct, omit_defaults=True):
     predictions: list[Prediction]
     model: str | None = None  # model=auto only: the rung that answered this image
     cascade: CascadeStep | None = None  # model=auto only
+    abstained: bool | None = None
+    abstention: Abstention | None = None
 
 
 class BatchClassification(msgspec.Struct):
@@ -70,6 +82,7 @@ class ModelInfo(msgspec.Struct):
     val_top5: float | None
     exported_at: str
     default: bool  # whether requests that name no model get this one
+    abstain_threshold: float | None  # calibrated abstention threshold (max softmax); None: uncalibrated
 
 
 class ModelDetail(ModelInfo):
@@ -128,7 +141,9 @@ def top_k(card: ModelCard, probabilities: np.ndarray, k: int) -> list[Prediction
     return [Prediction(card.class_names[i], card.class_ids[i], int(i), float(probabilities[i])) for i in order.tolist()]
 
 
-def model_info(card: ModelCard, providers, default: bool, detail: bool = False) -> ModelInfo:
+def model_info(
+    card: ModelCard, providers, default: bool, detail: bool = False, abstain_threshold: float | None = None
+) -> ModelInfo:
     """A model's public description; with detail, its class list too."""
     prep = card.preprocessing
     fields = dict(
@@ -136,7 +151,7 @@ def model_info(card: ModelCard, providers, default: bool, detail: bool = False) 
         input_size=prep.input_size, resize_size=prep.resize_size, mean=prep.mean, std=prep.std,
         interpolation=prep.interpolation, precision=card.precision, providers=list(providers),
         source_sha256=card.source_sha256, val_top1=card.val_top1, val_top5=card.val_top5,
-        exported_at=card.exported_at, default=default,
+        exported_at=card.exported_at, default=default, abstain_threshold=abstain_threshold,
     )  # fmt: skip
     if not detail:
         return ModelInfo(**fields)

@@ -12,8 +12,10 @@ held-out half, on which the choice is reported, so over-fitting shows.
 
 The models run exactly as the service runs them: the service's preprocessing (artifact/preprocess.py
 `prepare`) and ONNX Runtime sessions (service/engine/runtime.py), one threshold for every rung but the last.
-It writes MODELS/cascade.json (read by resnet-serve at start-up, service/depth/cascade_file.py) and
-MODELS/cascade.png (accuracy against mean GFLOPs). GFLOPs are counted from the ONNX graph as
+For abstention it also chooses, per model, the confidence threshold that keeps the error rate of
+the answers given at --target-risk on the calibration half (service/depth/abstain.py).
+It writes MODELS/cascade.json (read by resnet-serve at start-up, service/depth/cascade_file.py),
+MODELS/cascade.png (accuracy against mean GFLOPs) and MODELS/abstention.png (risk against coverage). GFLOPs are counted from the ONNX graph as
 torchvision counts them (multiply-adds of Conv, Gemm and MatMul: resnet18 1.81, resnet152 11.5 at
 224 px); that needs the `onnx` package. `--data synthetic` renders with training/synthetic.py, which
 imports torch: this command is its own process, and the server never imports it.
@@ -33,7 +35,7 @@ from PIL import Image
 
 from artifact import write_atomically
 from artifact import preprocess
-from service.depth import cascade_file, ladder as ladders
+from service.depth import abstain, calibration_report as report, cascade_file, ladder as ladders
 from service.depth.cascade import SIGNALS
 from service.config import ServeConfig
 from service.engine.runtime import LoadedModel, ModelLoadError, load_models
@@ -153,10 +155,36 @@ def single(p: np.ndarray, labels: np.ndarray, cost: float) -> dict:
             "gflops": _significant(cost)}  # fmt: skip
 
 
+def split(count: int, seed: int) -> dict[str, np.ndarray]:
+    """The two halves every choice is made on and reported on: indices into the measured images."""
+    order = np.random.default_rng(seed).permutation(count)
+    return {"calibration": order[: count // 2], "held_out": order[count // 2 :]}
+
+
+def abstention(probs: list[np.ndarray], labels: np.ndarray, names, target_risk: float, seed: int) -> dict:
+    """Per model: the threshold chosen on the calibration half for `target_risk`, its coverage and
+    risk on both halves, and the held-out risk-coverage curve (for the plot)."""
+    halves = split(len(labels), seed)
+    result = {}
+    for name, p in zip(names, probs):
+        calibration, held_out = (p[halves["calibration"]], labels[halves["calibration"]]), (
+            p[halves["held_out"]], labels[halves["held_out"]])  # fmt: skip
+        threshold = abstain.choose(*calibration, target_risk)
+        thresholds, coverage, risk = abstain.risk_coverage(*held_out)
+        keep = np.unique(np.linspace(0, len(thresholds) - 1, min(len(thresholds), 101)).round().astype(int))
+        result[name] = {
+            "signal": abstain.SIGNAL, "threshold": threshold, "target_risk": target_risk,
+            "calibration": abstain.at(*calibration, threshold), "held_out": abstain.at(*held_out, threshold),
+            "curve": {"threshold": [float(t) for t in thresholds[keep]],
+                      "coverage": [round(float(c), 5) for c in coverage[keep]],
+                      "risk": [round(float(r), 5) for r in risk[keep]]},
+        }  # fmt: skip
+    return result
+
+
 def calibrate(probs: list[np.ndarray], labels: np.ndarray, costs: list[float], names, drop: float, seed: int) -> dict:
     """Split, choose on the calibration half, report both halves; the cascade file's measured part."""
-    order = np.random.default_rng(seed).permutation(len(labels))
-    halves = {"calibration": order[: len(order) // 2], "held_out": order[len(order) // 2 :]}
+    halves = split(len(labels), seed)
     parts = {h: ([p[idx] for p in probs], labels[idx]) for h, idx in halves.items()}
     singles = {h: {n: single(p, y, c) for n, p, c in zip(names, ps, costs)} for h, (ps, y) in parts.items()}
     curves = {
@@ -185,44 +213,6 @@ def calibrate(probs: list[np.ndarray], labels: np.ndarray, costs: list[float], n
             "split": {h: len(idx) for h, idx in halves.items()}}  # fmt: skip
 
 
-def plot(result: dict, names, path: Path) -> None:
-    """Held-out accuracy against mean GFLOPs: a curve per signal, the single models, the choice."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6.4, 4.4))
-    for signal, curve in result["curves"].items():
-        points = sorted(curve["held_out"], key=lambda p: p["gflops"])
-        axes.plot([p["gflops"] for p in points], [p["top1"] for p in points], label=f"cascade, {signal}")
-    for name in names:
-        s = result["singles"]["held_out"][name]
-        axes.scatter([s["gflops"]], [s["top1"]], marker="s", zorder=3)
-        axes.annotate(name, (s["gflops"], s["top1"]), textcoords="offset points", xytext=(5, -12))
-    chosen = result["chosen"]["held_out"]
-    axes.scatter([chosen["gflops"]], [chosen["top1"]], marker="*", s=200, c="k", zorder=4,
-                 label=f"chosen: {result['signal']} >= {result['threshold']:.3g}")  # fmt: skip
-    axes.set(xlabel="mean GFLOPs per image", ylabel="top-1 %, held-out half", title="depth cascade")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-    write_atomically(path, lambda f: figure.savefig(f, format="png", dpi=100, bbox_inches="tight"))
-    plt.close(figure)
-
-
-def table(result: dict, names) -> str:
-    """Markdown: each single model and the chosen cascade, on both halves."""
-    rows = ["| | half | top-1 % | top-5 % | mean GFLOPs | escalated |", "|---|---|---|---|---|---|"]
-    for half in ("calibration", "held_out"):
-        for name in names:
-            s = result["singles"][half][name]
-            rows.append(f"| {name} alone | {half} | {s['top1']:.2f} | {s['top5']:.2f} | {s['gflops']:.4g} | |")
-        c = result["chosen"][half]
-        rows.append(f"| auto ({result['signal']} >= {result['threshold']:.4g}) | {half} | {c['top1']:.2f} | "
-                    f"{c['top5']:.2f} | {c['gflops']:.4g} | {100 * c['escalation_rate']:.1f}% |")  # fmt: skip
-    return "\n".join(rows)
-
-
 def run(argv: list[str] | None = None) -> dict:
     """Parse flags, measure, write MODELS/cascade.json and MODELS/cascade.png; returns the file's data."""
     parser = _Parser(prog="resnet-calibrate", description=__doc__.split("\n\n")[0])
@@ -232,11 +222,15 @@ def run(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-accuracy-drop", type=float, default=0.5, help="top-1 points below the best single model")
     parser.add_argument("--ladder", default="", help="as resnet-serve --ladder (default: its default ladder)")
     parser.add_argument("--seed", type=int, default=0, help="which images and which split")
+    parser.add_argument("--target-risk", type=float, default=abstain.DEFAULT_TARGET_RISK,
+                        help="abstention: the error rate of the answers given, 0..1 (default 0.05)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.images < 2 or args.max_accuracy_drop < 0:
         raise CalibrationError(
             f"need --images >= 2 and --max-accuracy-drop >= 0, got {args.images} and {args.max_accuracy_drop}"
         )
+    if not 0 <= args.target_risk < 1:
+        raise CalibrationError(f"--target-risk must be in [0, 1), got {args.target_risk}")
     config = ServeConfig(models=args.models, providers=("cpu",), decode_threads=1)
     models = load_models(config)
     names = tuple(n.strip() for n in args.ladder.split(",") if n.strip())
@@ -250,6 +244,7 @@ def run(argv: list[str] | None = None) -> dict:
     costs = [gflops(model.path) for model in rungs]
     probs = [probabilities(model, payloads, config.max_pixels) for model in rungs]
     result = calibrate(probs, labels, costs, ladder.rungs, args.max_accuracy_drop, args.seed)
+    rules = abstention(probs, labels, ladder.rungs, args.target_risk, args.seed)
     data = {
         "format_version": cascade_file.FORMAT_VERSION,
         "ladder": list(ladder.rungs),
@@ -258,6 +253,7 @@ def run(argv: list[str] | None = None) -> dict:
         "signal": result["signal"],
         "thresholds": [result["threshold"]] * (len(rungs) - 1),
         "max_accuracy_drop": args.max_accuracy_drop,
+        "abstain": rules,
         "data": {"source": args.data, "images": len(labels), **result.pop("split")},
         "command": "resnet-calibrate " + " ".join(sys.argv[1:] if argv is None else argv),
         "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -265,9 +261,11 @@ def run(argv: list[str] | None = None) -> dict:
     }  # fmt: skip
     text = json.dumps(data, indent=1).encode()
     write_atomically(args.models / cascade_file.FILENAME, lambda f: f.write(text))
-    plot(result, ladder.rungs, args.models / "cascade.png")
-    print(table(result, ladder.rungs))
-    print(f"wrote {args.models / cascade_file.FILENAME} and {args.models / 'cascade.png'}")
+    report.plot(result, ladder.rungs, args.models / "cascade.png")
+    report.plot_abstention(rules, args.models / "abstention.png")
+    print(report.table(result, ladder.rungs))
+    print(report.abstention_table(rules))
+    print(f"wrote {args.models / cascade_file.FILENAME}, {args.models / 'cascade.png'} and {args.models / 'abstention.png'}")
     return data
 
 

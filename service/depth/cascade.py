@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service.depth.abstain import Rule
 from service.errors import Overloaded
 from service.depth.ladder import Ladder
 from service.metrics import Metrics
@@ -61,6 +62,7 @@ class Policy:
     calibrated: bool
     source: str | None = None  # the cascade file it was read from
     gflops: dict[str, float] = field(default_factory=dict)  # measured cost per image, by model name
+    abstain: dict[str, Rule] = field(default_factory=dict)  # calibrated abstention, by model name
 
 
 # Without a calibration file: escalate an image whose top class has less than half the probability.

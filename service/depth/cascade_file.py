@@ -15,6 +15,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from service.depth.abstain import Rule
 from service.depth.cascade import SIGNALS, Policy, default_policy
 from service.depth.ladder import Ladder
 from service.engine.runtime import LoadedModel
@@ -93,4 +94,18 @@ def read(models_dir: Path, ladder: Ladder, models: dict[str, LoadedModel]) -> Po
             )
         if isinstance(recorded.get("gflops"), (int, float)):
             gflops[name] = float(recorded["gflops"])
-    return Policy(signal, tuple(float(t) for t in thresholds), calibrated=True, source=str(path), gflops=gflops)
+    rules, recorded_rules = {}, data.get("abstain", {})  # absent in files written before abstention
+    if not isinstance(recorded_rules, dict):
+        fail("has a malformed abstain member")
+    for name, rule in recorded_rules.items():
+        if name not in rungs:
+            fail(f"has an abstention threshold for {name!r}, which is not on its ladder")
+        if not isinstance(rule, dict) or not all(_number(rule.get(key)) for key in ("threshold", "target_risk")):
+            fail(f"has a malformed abstention entry for {name!r}: {rule!r}")
+        rules[name] = Rule(float(rule["threshold"]), float(rule["target_risk"]))
+    return Policy(signal, tuple(float(t) for t in thresholds), calibrated=True, source=str(path), gflops=gflops,
+                  abstain=rules)  # fmt: skip
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
