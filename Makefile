@@ -172,7 +172,7 @@ bench-robustness: models
 	$(BIN)/resnet-bench scenario soak --models $(MODELS) --out $(RESULTS)/scenarios --duration-s 600 --clients 24
 
 # --- the paper's experiments (training.paper, docs/paper.md) -------------------------------------
-# owner: training (issue 14). The small scale on one CPU thread; rerunning resumes. The paper's
+# owner: training. The small scale on one CPU thread; rerunning resumes. The paper's
 # CIFAR-10 scale wants a GPU: `resnet-train paper --scale paper --out results/paper-cifar`.
 .PHONY: paper
 paper: | install

@@ -54,7 +54,8 @@ def record_for(data: str, *, seed: int = 0, train_size: int = 20000, val_size: i
         return {"kind": "cifar10", "root": root, "download": True}
     root = Path(data).expanduser()
     if not root.is_dir():
-        raise DataError(f"--data {data!r}: no such folder (expected 'synthetic', 'synthetic-placed', 'cifar10' or a folder with train/ and val/)")
+        raise DataError(f"--data {data!r}: no such folder (expected 'synthetic', 'synthetic-placed', 'cifar10' "
+                        f"or a folder with train/ and val/)")
     return {"kind": "folder", "root": str(root.resolve())}
 
 

@@ -10,7 +10,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from training import digits, paper, paper_runs, probes
+from training.paper import digits, probes
+from training.paper import experiments as paper
+from training.paper import runs as paper_runs
 
 
 def test_digits_are_real_upscaled_images_in_a_fixed_stratified_split():
