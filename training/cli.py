@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "resnet-train " + shlex.join(argv)
     try:
         if argv[:1] == ["paper"]:
-            from training import paper  # matplotlib and scikit-learn: only this sub-command needs them
-            return paper.main(argv[1:])
+            from training.paper import experiments  # matplotlib and scikit-learn: only this sub-command needs them
+            return experiments.main(argv[1:])
         if argv[:1] == ["import-torchvision"]:
             args = ImportConfig(**_import_parser().parse(argv[1:]))
             path = hub.import_torchvision(args.arch, args.weights, args.out, command=command)

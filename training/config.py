@@ -26,7 +26,8 @@ LR_SCHEDULES = ("step", "cosine")
 class TrainConfig:
     arch: str = "resnet18"  # a name in training.models.ARCHS
     shortcut: str | None = None  # Table 3's option A, B or C for the ImageNet ResNets (CIFAR nets: A only); none: the arch's own
-    data: str = "synthetic"  # "synthetic", "cifar10", or a folder with train/<class>/ and val/<class>/
+    data: str = "synthetic"  # "synthetic", "cifar10", or a folder with train/<class>/ and val/<class>/;
+    # "synthetic-placed": the synthetic classes, each object in at most a quarter of the image, anywhere
     out: str = "runs/train"  # folder for checkpoint.pt and metrics.jsonl
     image_size: int = 0  # network input side in pixels; 0: the arch's native size (224 ImageNet, 32 CIFAR)
     epochs: int = 0  # passes over the train split; 0: the recipe's (90 ImageNet; CIFAR runs 64k steps)

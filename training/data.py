@@ -2,6 +2,7 @@
 every checkpoint ("dataset"), so export and evaluation rebuild exactly the data a model saw:
 
     {"kind": "synthetic", "seed": 0, "train_size": 20000, "val_size": 1000, "image_size": 37}
+    {"kind": "synthetic-placed", ...}                  # the same, objects placed for localisation
     {"kind": "cifar10", "root": "/data/cifar10", "download": true}
     {"kind": "folder", "root": "/data/imagenet"}       # train/<wnid>/*.JPEG, val/<wnid>/*.JPEG
 
@@ -25,7 +26,8 @@ from training import synthetic
 from training.imagenet_wnids import WNIDS
 
 SPLITS = ("train", "val")
-KINDS = ("synthetic", "cifar10", "folder")
+KINDS = ("synthetic", "synthetic-placed", "cifar10", "folder")
+SYNTHETIC_KINDS = ("synthetic", "synthetic-placed")  # imagesets.synthetic's two variants
 
 # The usual ImageNet statistics (torchvision's reference scripts); CIFAR-10's are its own train set's.
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -36,30 +38,31 @@ class DataError(ValueError):
     """The data asked for cannot be used; the message names the path or value and what was expected."""
 
 
-def synthetic_record(seed: int, train_size: int, val_size: int, input_size: int) -> dict:
+def synthetic_record(seed: int, train_size: int, val_size: int, input_size: int, kind: str = "synthetic") -> dict:
     """Record of the synthetic set, rendered at the eval resize size so the crop sees the same scale."""
     render_size = Preprocessing.for_input_size(input_size, synthetic.MEAN, synthetic.STD).resize_size
-    return {"kind": "synthetic", "seed": seed, "train_size": train_size, "val_size": val_size, "image_size": render_size}
+    return {"kind": kind, "seed": seed, "train_size": train_size, "val_size": val_size, "image_size": render_size}
 
 
 def record_for(data: str, *, seed: int = 0, train_size: int = 20000, val_size: int = 1000,
                input_size: int = 224, cifar_root: str | None = None) -> dict:
-    """Turn the --data flag ("synthetic", "cifar10" or a folder path) into a record."""
-    if data == "synthetic":
-        return synthetic_record(seed, train_size, val_size, input_size)
+    """Turn the --data flag ("synthetic", "synthetic-placed", "cifar10" or a folder path) into a record."""
+    if data in SYNTHETIC_KINDS:
+        return synthetic_record(seed, train_size, val_size, input_size, kind=data)
     if data == "cifar10":
         root = cifar_root or str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cifar10")
         return {"kind": "cifar10", "root": root, "download": True}
     root = Path(data).expanduser()
     if not root.is_dir():
-        raise DataError(f"--data {data!r}: no such folder (expected 'synthetic', 'cifar10' or a folder with train/ and val/)")
+        raise DataError(f"--data {data!r}: no such folder (expected 'synthetic', 'synthetic-placed', 'cifar10' "
+                        f"or a folder with train/ and val/)")
     return {"kind": "folder", "root": str(root.resolve())}
 
 
 def preprocessing_for(record: dict, input_size: int) -> Preprocessing:
     """The eval preprocessing recorded in the checkpoint for this data at this input size."""
     kind = _kind(record)
-    if kind == "synthetic":
+    if kind in SYNTHETIC_KINDS:
         return Preprocessing(input_size, max(input_size, record["image_size"]), synthetic.MEAN, synthetic.STD)
     if kind == "cifar10":
         # CIFAR images are already 32x32: evaluation only rescales them to the input size.
@@ -97,9 +100,10 @@ def build_dataset(record: dict, split: str, transform=None):
     if split not in SPLITS:
         raise DataError(f"split must be one of {SPLITS}, got {split!r}")
     kind = _kind(record)
-    if kind == "synthetic":
+    if kind in SYNTHETIC_KINDS:
         length = record["train_size"] if split == "train" else record["val_size"]
-        return synthetic.SyntheticDataset(record["seed"], split, length, record["image_size"], transform)
+        return synthetic.SyntheticDataset(record["seed"], split, length, record["image_size"], transform,
+                                          placed=kind == "synthetic-placed")
     if kind == "cifar10":
         return _cifar10(record, split, transform)
     return _folder(record, split, transform)

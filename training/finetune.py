@@ -1,4 +1,4 @@
-"""Fine-tuning: start a run from trained weights and teach the network your own classes (issue 17).
+"""Fine-tuning: start a run from trained weights and teach the network your own classes.
 
     resnet-train --init-from runs/r18/checkpoint.pt --data photos/ --out runs/photos
     resnet-train --init-from resnet18:IMAGENET1K_V1 --data photos/ --out runs/photos-tv
@@ -17,15 +17,17 @@ fine-tuning": train the new head on a frozen base, then unfreeze at a low lr):
   1. head phase, `head_steps` (default one epoch): only the head trains, at `lr`; the backbone has
      requires_grad off, so its weights stay the source's and a step costs one forward through it.
   2. whole-net phase: every weight trains at `finetune_lr` (default lr / 2, fast.ai's halving),
-     following the run's --lr-schedule and --warmup-* as factors of that peak. Measured on real
-     photos from a synthetic-set resnet18 (docs/finetuning.md): lr / 10 67.8%, lr / 2 75.0%, lr
-     80.5% val top-1 (3 seeds each): a source far from your images wants the higher end.
+     following the run's --lr-schedule and --warmup-* as factors of that peak. Which lr suits
+     which source, measured: docs/finetuning.md.
 BatchNorm (`finetune_bn`): "frozen" keeps every BN layer in inference mode (the source's running
 statistics, never updated; its scale and shift still train in phase 2), "train" updates them as
 usual. "auto" freezes them below 16 images per process: BN's error grows quickly below that batch
-(Wu & He, Group Normalization, arXiv 1803.08494, Fig. 1: 23.7% at 16, 24.8% at 8, 27.3% at 4), and
-small-batch fine-tuning practice freezes them (torchvision's detection backbones use
+(Wu & He, Group Normalization, arXiv 1803.08494, Fig. 1: 23.7% at 16, 24.8% at 8, 27.3% at 4),
+and small-batch fine-tuning practice freezes them (torchvision's detection backbones use
 FrozenBatchNorm2d; Keras's guide keeps BN in inference mode when unfreezing).
+
+The training loop (training.train) asks a *start* what varies between a run from random weights
+and a fine-tuning run: `FromScratch` and `FineTune` below, chosen by `start_for`.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from pathlib import Path
 from torch import nn
 
 from artifact import Preprocessing
-from training import checkpoint, hub, models
+from training import checkpoint, data, hub, models
 from training.config import TrainConfig, lr_factor as schedule_factor
 from training.imagenet_wnids import WNIDS
 
@@ -180,3 +182,77 @@ def _always_eval(module: nn.Module):
         return nn.Module.train(module, False)
 
     return train
+
+
+class FromScratch:
+    """A run from random weights: every weight trains from step 0 on the run's schedule."""
+
+    def configure(self, config: TrainConfig) -> TrainConfig:
+        """The config before the data is read (the input side may come from the weights)."""
+        return config
+
+    def resolve(self, config: TrainConfig, steps_per_epoch: int) -> TrainConfig:
+        """Fill the start's own defaults of a resolved config."""
+        return config
+
+    def preprocessing(self, record: dict, config: TrainConfig) -> Preprocessing:
+        """The evaluation preprocessing the checkpoint records."""
+        return data.preprocessing_for(record, config.image_size)
+
+    def initialise(self, model: nn.Module, config: TrainConfig, class_ids: list[str]) -> dict | None:
+        """Load the starting weights into the freshly built `model`; returns the provenance's init_from."""
+        return None
+
+    def lr_factor(self, step: int, config: TrainConfig) -> float:
+        """Multiplier of config.lr at `step`."""
+        return schedule_factor(step, config)
+
+    def set_phase(self, model: nn.Module, config: TrainConfig, step: int) -> bool:
+        """Which weights train at `step`; True if that changed (a DDP wrapper must then be rebuilt)."""
+        return False
+
+
+class FineTune(FromScratch):
+    """A run from a source's weights: its head is kept or replaced, the head trains alone first, then
+    the whole net at finetune_lr; BN may be frozen. `source` is None when the run is resumed."""
+
+    def __init__(self, source: Source | None, saved_preprocessing: dict | None = None):
+        self.source, self.saved_preprocessing = source, saved_preprocessing
+
+    def configure(self, config: TrainConfig) -> TrainConfig:
+        if self.source and not config.image_size:
+            return replace(config, image_size=self.source.preprocessing.input_size)
+        return config
+
+    def resolve(self, config: TrainConfig, steps_per_epoch: int) -> TrainConfig:
+        return resolve(config, steps_per_epoch)
+
+    def preprocessing(self, record: dict, config: TrainConfig) -> Preprocessing:
+        # the source's; a resumed fine-tuning run keeps its own
+        if self.source:
+            return preprocessing(self.source, config.image_size)
+        return Preprocessing.from_dict(self.saved_preprocessing)
+
+    def initialise(self, model: nn.Module, config: TrainConfig, class_ids: list[str]) -> dict | None:
+        started_from = None
+        if self.source:
+            started_from = {**self.source.record, "head": apply(model, self.source, config.arch, class_ids,
+                                                                config.shortcut)}
+        freeze_batchnorm(model, config)
+        return started_from
+
+    def lr_factor(self, step: int, config: TrainConfig) -> float:
+        return lr_factor(step, config)
+
+    def set_phase(self, model: nn.Module, config: TrainConfig, step: int) -> bool:
+        return set_phase(model, config, step)
+
+
+def start_for(config: TrainConfig, saved: dict | None) -> FromScratch:
+    """How the run starts: from scratch, or fine-tuning from config.init_from (read now, before
+    anything is written, unless the run resumes the checkpoint `saved`)."""
+    if not config.init_from:
+        return FromScratch()
+    if saved:
+        return FineTune(None, saved["preprocessing"])
+    return FineTune(load_source(config.init_from))

@@ -41,6 +41,24 @@ def test_synthetic_statistics_match_the_recorded_mean_and_std():
     assert np.allclose(pixels.std(axis=(0, 1, 2)), synthetic.STD, atol=0.03)
 
 
+def test_synthetic_placed_is_a_data_name_with_the_same_classes_and_object_boxes(tmp_path):
+    record = data.record_for("synthetic-placed", seed=1, train_size=30, val_size=10, input_size=16)
+    assert record["kind"] == "synthetic-placed" and data.preprocessing_for(record, 16).mean == synthetic.MEAN
+    train = data.build_dataset(record, "train")
+    image, label = train[13]
+    assert train.class_ids == [c for c, _ in synthetic.CLASSES] and label == 3
+    pixels, _, box = synthetic.render_placed(1, "train", 13, record["image_size"])
+    assert np.array_equal(np.asarray(image), pixels) and train.box(13) == box
+    with pytest.raises(ValueError, match="only the placed synthetic set"):
+        data.build_dataset(data.synthetic_record(1, 30, 10, 16), "train").box(0)
+    # resnet-train trains on it and records it, so export and evaluation rebuild the same images
+    from training import checkpoint, cli
+    argv = ["--arch", "resnet20", "--data", "synthetic-placed", "--image-size", "16", "--batch-size", "8",
+            "--train-size", "16", "--val-size", "8", "--max-steps", "2", "--workers", "0", "--out", str(tmp_path)]
+    assert cli.main(argv) == 0
+    assert checkpoint.load(tmp_path / "checkpoint.pt")["dataset"]["kind"] == "synthetic-placed"
+
+
 def test_eval_transform_resizes_crops_and_normalises_like_the_recipe():
     pre = Preprocessing(32, 37, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     image = Image.new("RGB", (80, 60), (255, 0, 128))

@@ -102,6 +102,21 @@ def test_phase_defaults_one_head_epoch_half_the_lr_and_bn_frozen_below_16():
     assert finetune.set_phase(model, resolved, 12) and all(p.requires_grad for p in model.parameters())
 
 
+def test_the_loop_asks_the_start_what_fine_tuning_changes(source):
+    scratch = finetune.start_for(TrainConfig(arch="resnet20", lr=0.1, max_steps=10), None)
+    assert type(scratch) is finetune.FromScratch and not scratch.set_phase(models.build("resnet20", 3), None, 0)
+    start = finetune.start_for(TrainConfig(arch="resnet20", init_from=str(source)), None)
+    saved = checkpoint.load(source)
+    config = start.configure(TrainConfig(arch="resnet20", init_from=str(source)))
+    assert config.image_size == saved["preprocessing"]["input_size"]  # the source's input side
+    assert start.preprocessing({"kind": "folder", "root": "/x"}, config).to_dict() == saved["preprocessing"]
+    model = models.build("resnet20", 3)
+    assert start.initialise(model, config, ["a", "b", "c"])["head"] == "replaced"
+    resumed = finetune.start_for(config, {"preprocessing": saved["preprocessing"]})
+    assert resumed.source is None and resumed.initialise(models.build("resnet20", 3), config, ["a"]) is None
+    assert resumed.preprocessing({}, config).to_dict() == saved["preprocessing"]
+
+
 def test_the_head_is_kept_when_the_classes_are_the_same(source):
     src = finetune.load_source(str(source))
     model = models.build("resnet20", 10)

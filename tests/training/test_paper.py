@@ -10,7 +10,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from training import digits, paper, paper_runs, probes
+from training.paper import digits, experiments, probes
+from training.paper import runs as paper_runs  # `runs` names the plan's runs below
 
 
 def test_digits_are_real_upscaled_images_in_a_fixed_stratified_split():
@@ -25,10 +26,10 @@ def test_digits_are_real_upscaled_images_in_a_fixed_stratified_split():
 
 
 def test_paper_scale_is_the_recipe_of_section_4_2():
-    scale = paper.paper_scale()
+    scale = experiments.paper_scale()
     assert (scale.data, scale.size, scale.max_steps, scale.batch, scale.lr) == ("cifar10", 32, 64000, 128, 0.1)
     assert scale.lr_milestones == (32000, 48000) and scale.seeds == (0, 1, 2)
-    runs = {r.name: r for r in paper.plan(scale)}
+    runs = {r.name: r for r in experiments.plan(scale)}
     r20, r110 = runs["degradation-resnet20-s0"], runs["degradation-resnet110-s0"]
     assert (r20.momentum, r20.weight_decay, r20.warmup_steps, r110.warmup_steps) == (0.9, 1e-4, 0, 400)
     assert r110.save_every > 0  # a 64k-step run is resumable
@@ -36,7 +37,7 @@ def test_paper_scale_is_the_recipe_of_section_4_2():
 
 
 def test_paper_recipe_starts_on_the_digits_with_the_same_code_path(tmp_path):
-    first = paper.plan(paper.paper_scale())[0]  # plain20 at batch 128, lr 0.1
+    first = experiments.plan(experiments.paper_scale())[0]  # plain20 at batch 128, lr 0.1
     run = replace(first, data="digits", size=8, max_steps=2, eval_every=2)
     record = paper_runs.train(run, paper_runs.load_sets("digits", 8), tmp_path)
     saved = json.loads((tmp_path / "runs" / f"{first.name}.json").read_text())
@@ -56,16 +57,16 @@ def test_paper_scale_without_cifar10_is_one_line_and_exit_2(tmp_path):
     assert not out.exists()  # nothing written
 
 
-def tiny_scale() -> paper.Scale:
+def tiny_scale() -> experiments.Scale:
     """Every experiment of the small scale at tiny depths, 8 px and two steps."""
-    return paper.Scale("tiny", "digits", "digits", 8, 2, 16, 0.01, (1,), 1, (0, 1),
+    return experiments.Scale("tiny", "digits", "digits", 8, 2, 16, 0.01, (1,), 1, (0, 1),
                        ("plain8", "plain14", "resnet8", "resnet14"), ("plain20",), ("resnet20", "plain20"),
                        2, 8, "resnet18", 2, 0)
 
 
 def test_report_is_written_with_every_section_and_plot_and_a_rerun_trains_nothing(tmp_path):
     torch.set_num_threads(1)
-    report = paper.run_all(tiny_scale(), tmp_path, "cpu", command="test")
+    report = experiments.run_all(tiny_scale(), tmp_path, "cpu", command="test")
     text = report.read_text()
     for heading in ("## 1. Degradation", "## 2. Gradient flow", "### The first steps of 1202-layer nets"[:24],
                     "## 3. Response magnitudes", "## 4. Shortcut options", "## Runs"):
@@ -74,9 +75,9 @@ def test_report_is_written_with_every_section_and_plot_and_a_rerun_trains_nothin
     for png in ("degradation.png", "gradients.png", "deep.png", "responses.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     results = sorted((tmp_path / "runs").glob("*.json"))
-    assert len(results) == len(paper.plan(tiny_scale())) == 17
+    assert len(results) == len(experiments.plan(tiny_scale())) == 17
     stamps = [p.stat().st_mtime_ns for p in results]
-    paper.run_all(tiny_scale(), tmp_path, "cpu", command="test")
+    experiments.run_all(tiny_scale(), tmp_path, "cpu", command="test")
     assert [p.stat().st_mtime_ns for p in results] == stamps  # finished runs are not run again
 
 

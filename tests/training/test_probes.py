@@ -1,11 +1,12 @@
-"""training.probes: the per-layer gradient norms and the response stds of Figure 7, on nets whose answer is known."""
+"""training.paper.probes: the per-layer gradient norms and the response stds of Figure 7, on nets whose answer is known."""
 
 import math
 
 import torch
 from torch import nn
 
-from training import cifar_models, models, probes
+from training import cifar_models, models
+from training.paper import probes
 
 
 def test_gradient_norm_of_a_linear_classifier_is_the_hand_computed_one():

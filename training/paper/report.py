@@ -1,4 +1,4 @@
-"""The report of training.paper: <out>/report.md and its PNG plots, from <out>/runs/*.json.
+"""The report of training.paper.experiments: <out>/report.md and its PNG plots, from <out>/runs/*.json.
 
 Every table says which runs made it; means are over the seeds that finished, with the sample
 standard deviation ("±") where there are two or more, and the count of seeds (n) always. The

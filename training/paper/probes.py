@@ -2,7 +2,7 @@
 sec. 1 and 3.1: an identity path carries the gradient to the first layer at any depth) and the
 standard deviation of each layer's response (sec. 4.2, Figure 7).
 
-    from training import probes
+    from training.paper import probes
     norms = probes.gradient_norms(model, images, labels)   # [(layer name, ||dL/dW||_2), ...]
     stds = probes.response_stds(model, images)             # [(bn name, std of its output), ...]
 

@@ -1,7 +1,7 @@
 """Reproduce the evidence of He et al., "Deep Residual Learning for Image Recognition" (arXiv
 1512.03385) with this training package, from one command:
 
-    resnet-train paper --scale small --out results/paper        # ~30 min on one idle CPU core
+    resnet-train paper --scale small --out results/paper        # one CPU core (docs/paper.md)
     resnet-train paper --scale paper --out results/paper-cifar  # CIFAR-10, sec. 4.2's recipe, a GPU
 
 1. Degradation (Fig. 1 and 6): plain and residual nets of 20, 56 and 110 layers,
@@ -13,7 +13,7 @@
 
 Each run writes <out>/runs/<name>.json when it ends; a finished run is skipped and an interrupted
 one continues from its state file, so rerunning the command resumes. The report (<out>/report.md and
-its PNGs, training.paper_report) is rewritten after every run, so it always shows what exists.
+its PNGs, training.paper.report) is rewritten after every run, so it always shows what exists.
 """
 
 from __future__ import annotations
@@ -28,15 +28,15 @@ from pathlib import Path
 import torch
 
 from artifact import depth_of
-from training import paper_runs
 from training.config import TrainConfig, resolve
-from training.paper_runs import Run
+from training.paper import runs as paper_runs
+from training.paper.runs import Run
 
 
 @dataclass(frozen=True)
 class Scale:
     name: str
-    data: str  # data of experiments 1-3 (a name in paper_runs.DATASETS)
+    data: str  # data of experiments 1-3 (a name in training.paper.runs.DATASETS)
     shortcut_data: str  # data of experiment 4
     size: int  # input side in pixels
     max_steps: int  # SGD steps of every training run
@@ -109,7 +109,7 @@ def plan(scale: Scale) -> list[Run]:
 
 def run_all(scale: Scale, out: Path, device: str, cifar_root: str = "", command: str = "") -> Path:
     """Run (or resume) every run of the scale, rewriting the report as runs end; returns report.md."""
-    from training import paper_report
+    from training.paper import report as paper_report
 
     runs, sets = plan(scale), {}  # the folder appears with the first run's data loaded: bad data writes nothing
     reported = time.monotonic()
@@ -147,7 +147,7 @@ def main(argv: list[str]) -> int:
     # the report names the command that ran the experiments, also when only rewritten
     command = "resnet-train paper " + shlex.join(a for a in argv if a != "--report-only")
     if args.report_only:
-        from training import paper_report
+        from training.paper import report as paper_report
         path = paper_report.write(scale, plan(scale), Path(args.out), command)
     else:
         path = run_all(scale, Path(args.out), device, args.cifar_root, command)

@@ -1,11 +1,11 @@
-"""One training run of the paper experiments (training.paper): data held in memory as uint8
+"""One training run of the paper experiments (training.paper.experiments): data held in memory as uint8
 tensors, augmented on the device in batches, a resumable SGD loop with the probes of
-training.probes at chosen steps; the result is one JSON file.
+training.paper.probes at chosen steps; the result is one JSON file.
 
 Data order and augmentation are functions of (seed, step), not of a global RNG stream, so a run
 resumed from its state file sees exactly the batches of a run that never stopped.
 
-    from training import paper_runs
+    from training.paper import runs as paper_runs
     sets = paper_runs.load_sets("digits", 16)
     result = paper_runs.train(paper_runs.Run(name="r20", arch="resnet20", data="digits", size=16,
                               seed=0, max_steps=100, batch=32, lr=0.025, lr_milestones=(50, 75)), sets, "out/")
@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from artifact import write_atomically
-from training import cifar_models, digits, models, probes, progress, synthetic
+from imagesets import synthetic
+from training import cifar_models, models, progress
+from training.paper import digits, probes
 from training.config import lr_factor
 
 DATASETS = ("digits", "synthetic", "cifar10")

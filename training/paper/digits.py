@@ -1,11 +1,11 @@
 """A real image set that needs no download: scikit-learn's bundled handwritten digits (UCI optdigits).
 
 1797 scans of digits written by 43 people, 8x8 pixels of 17 grey levels, ten classes. They ship
-inside scikit-learn's wheel, so the paper experiments (training.paper) have real images to learn
-from on a machine without a network. `load` upscales them (bilinear) to the size asked for and
+inside scikit-learn's wheel, so the paper experiments (training.paper.experiments) have real images
+to learn from on a machine without a network. `load` upscales them (bilinear) to the size asked for and
 copies the grey level into three channels, so the CIFAR networks take them unchanged.
 
-    from training import digits
+    from training.paper import digits
     images, labels = digits.load("train", size=32)   # uint8 N x 3 x 32 x 32, int64 N
 
 The split is fixed (seeded by SPLIT_SEED, stratified by class: 80% train, 20% test) and does not
