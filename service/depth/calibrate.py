@@ -17,8 +17,8 @@ the answers given at --target-risk on the calibration half (service/depth/abstai
 It writes MODELS/cascade.json (read by resnet-serve at start-up, service/depth/cascade_file.py),
 MODELS/cascade.png (accuracy against mean GFLOPs) and MODELS/abstention.png (risk against coverage). GFLOPs are counted from the ONNX graph as
 torchvision counts them (multiply-adds of Conv, Gemm and MatMul: resnet18 1.81, resnet152 11.5 at
-224 px); that needs the `onnx` package. `--data synthetic` renders with training/synthetic.py, which
-imports torch: this command is its own process, and the server never imports it.
+224 px); that needs the `onnx` package. `--data synthetic` renders with imagesets/synthetic.py, the
+synthetic set's torch-free renderer.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from artifact import write_atomically
-from artifact import preprocess
+from artifact import preprocess, write_atomically
+from imagesets import synthetic
 from service.depth import abstain, calibration_report as report, cascade_file, ladder as ladders
 from service.depth.cascade import SIGNALS
 from service.config import ServeConfig
@@ -76,9 +76,7 @@ def gflops(path: Path) -> float:
 
 def synthetic_images(count: int, size: int, class_ids: tuple[str, ...], seed: int) -> tuple[list[bytes], np.ndarray]:
     """The synthetic set's val split (never trained on), rendered at `size` and PNG-encoded."""
-    from training import synthetic  # imports torch's Dataset: only this command's process pays it
-
-    ids = [c[0] for c in synthetic.CLASSES]
+    ids = list(synthetic.CLASS_IDS)
     if list(class_ids) != ids:
         raise CalibrationError(f"--data synthetic has classes {ids[:3]}..., the ladder's have {class_ids[:3]}...")
     payloads, labels = [], []

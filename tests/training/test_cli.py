@@ -13,6 +13,8 @@ import torchvision
 from training import checkpoint, cli, models
 from training.imagenet_wnids import WNIDS
 
+pytestmark = pytest.mark.slow  # trains networks
+
 ARGS = ["--arch", "resnet20", "--image-size", "32", "--batch-size", "16", "--train-size", "64",
         "--val-size", "20", "--max-steps", "2", "--workers", "0"]
 

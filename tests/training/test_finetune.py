@@ -22,6 +22,8 @@ from training import checkpoint, cli, finetune, models, synthetic
 from training.config import TrainConfig
 from training.data import IMAGENET_MEAN, IMAGENET_STD
 
+pytestmark = pytest.mark.slow  # trains networks
+
 CLASSES = ("astronaut", "cat", "coffee")
 TINY = ["--image-size", "16", "--batch-size", "8", "--workers", "0", "--log-every", "1"]
 

@@ -13,6 +13,8 @@ import torch
 from training.paper import digits, experiments, probes
 from training.paper import runs as paper_runs  # `runs` names the plan's runs below
 
+pytestmark = pytest.mark.slow  # trains networks
+
 
 def test_digits_are_real_upscaled_images_in_a_fixed_stratified_split():
     train, train_labels = digits.load("train", 16)

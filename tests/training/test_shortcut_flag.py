@@ -11,6 +11,8 @@ from artifact import PREFIX, ModelCard
 from export.exporter import export_checkpoint
 from training import checkpoint, cli, models
 
+pytestmark = pytest.mark.slow  # trains networks
+
 # resnet18 at 16 px (its ImageNet stem leaves 1x1 maps in layer4) on 16 synthetic images: seconds.
 ARGS = ["--arch", "resnet18", "--image-size", "16", "--batch-size", "8", "--train-size", "16", "--val-size", "8",
         "--max-steps", "2", "--workers", "0"]

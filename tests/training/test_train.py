@@ -16,6 +16,8 @@ from artifact import Preprocessing
 from training import checkpoint, models, train
 from training.config import TrainConfig, lr_factor, resolve, resume_config
 
+pytestmark = pytest.mark.slow  # trains networks
+
 REPO = Path(__file__).resolve().parents[2]
 
 
