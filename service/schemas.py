@@ -70,6 +70,7 @@ class ModelInfo(msgspec.Struct):
     val_top5: float | None
     exported_at: str
     default: bool  # whether requests that name no model get this one
+    device_memory_bytes: int | None  # GPU memory its sessions take (loading and warm-up); null on the CPU
 
 
 class ModelDetail(ModelInfo):
@@ -128,7 +129,9 @@ def top_k(card: ModelCard, probabilities: np.ndarray, k: int) -> list[Prediction
     return [Prediction(card.class_names[i], card.class_ids[i], int(i), float(probabilities[i])) for i in order.tolist()]
 
 
-def model_info(card: ModelCard, providers, default: bool, detail: bool = False) -> ModelInfo:
+def model_info(
+    card: ModelCard, providers, default: bool, detail: bool = False, device_memory_bytes: int | None = None
+) -> ModelInfo:
     """A model's public description; with detail, its class list too."""
     prep = card.preprocessing
     fields = dict(
@@ -136,7 +139,7 @@ def model_info(card: ModelCard, providers, default: bool, detail: bool = False) 
         input_size=prep.input_size, resize_size=prep.resize_size, mean=prep.mean, std=prep.std,
         interpolation=prep.interpolation, precision=card.precision, providers=list(providers),
         source_sha256=card.source_sha256, val_top1=card.val_top1, val_top5=card.val_top5,
-        exported_at=card.exported_at, default=default,
+        exported_at=card.exported_at, default=default, device_memory_bytes=device_memory_bytes,
     )  # fmt: skip
     if not detail:
         return ModelInfo(**fields)
