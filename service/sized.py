@@ -146,6 +146,9 @@ class SizedRunner:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """The output for `batch` ([N, ...] in any dtype, cast to the session's input type)."""
+        largest = self.sizes[-1]
+        if len(batch) > largest:  # not from the batcher (max_batch_size <= largest): in pieces
+            return np.concatenate([self.run(batch[i : i + largest]) for i in range(0, len(batch), largest)])
         started = time.perf_counter()
         rung = self.rungs[rung_for(len(batch), self.sizes)]
         rung.fill(len(batch), lambda rows: np.copyto(rows, batch, casting="unsafe"))
@@ -187,16 +190,26 @@ class SizedRunner:
         self._build(self.rebuild(False))
 
 
-_copy_tensors = [hasattr(ort, "copy_tensors")]  # onnxruntime >= 1.23; False once it has failed
+# onnxruntime.copy_tensors (1.23+) copies into the page-locked buffer itself. Its first copy is checked
+# against OrtValue.numpy(), the long-standing path; on any failure or difference numpy() is used.
+_copy_tensors = {"state": "unchecked" if hasattr(ort, "copy_tensors") else "off"}
 
 
 def _copy_out(rung: _Rung) -> None:
-    """Device output into the page-locked host buffer; through a fresh host array where copy_tensors fails."""
-    if _copy_tensors[0]:
+    """Device output into the page-locked host buffer."""
+    state = _copy_tensors["state"]
+    if state != "off":
         try:
             ort.copy_tensors([rung.device_out], [rung.host_out_value], None)
-            return
         except Exception as error:  # noqa: BLE001 - no CUDA data transfer registered with the environment
             log.info("onnxruntime.copy_tensors unavailable (%s): output copied through numpy", error)
-            _copy_tensors[0] = False
+            _copy_tensors["state"] = "off"
+        else:
+            if state == "checked":
+                return
+            if np.array_equal(rung.host_out, rung.device_out.numpy(), equal_nan=rung.host_out.dtype.kind == "f"):
+                _copy_tensors["state"] = "checked"
+                return
+            log.warning("onnxruntime.copy_tensors copied a different output: output copied through numpy")
+            _copy_tensors["state"] = "off"
     np.copyto(rung.host_out, rung.device_out.numpy())

@@ -2,7 +2,7 @@
 warning a CPU-only machine gets, host buffers, and the sized runner's I/O binding against a plain
 session.run (the sized path itself: test_sized.py).
 
-On a machine with a usable NVIDIA GPU the fallback tests skip; bench/gpu_check.py checks the CUDA
+On a machine with a usable NVIDIA GPU the fallback tests skip; bench/gpu/check.py checks the CUDA
 side itself on such a machine.
 """
 

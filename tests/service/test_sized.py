@@ -124,3 +124,9 @@ def _environ() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if not k.startswith("RESNET_SERVE_")}
+
+
+def test_a_batch_larger_than_every_size_runs_in_pieces(models):
+    plain, per_size, _ = models
+    batch = random_batch(plain.card.preprocessing, 2 * SIZES[-1] + 3, seed=5)
+    assert np.abs(per_size.probabilities(batch) - plain.probabilities(batch)).max() == 0
