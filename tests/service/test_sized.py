@@ -130,3 +130,33 @@ def test_a_batch_larger_than_every_size_runs_in_pieces(models):
     plain, per_size, _ = models
     batch = random_batch(plain.card.preprocessing, 2 * SIZES[-1] + 3, seed=5)
     assert np.abs(per_size.probabilities(batch) - plain.probabilities(batch)).max() == 0
+
+
+def test_the_service_answers_the_same_on_the_sized_path(tiny_models_dir, references, tmp_path):
+    """resnet-serve --sized-on-cpu: concurrent requests batched by the batcher, stacked straight into
+    the sizes' buffers, answer as the model run one image at a time; the start-up log says which path."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from artifact.preprocess import prepare
+
+    from .conftest import assert_answers, start_server, variants
+
+    server = start_server(tiny_models_dir, tmp_path, "--sized-on-cpu", "--cuda-batch-sizes", "1,4,8",
+                          "--max-batch-size", "8", "--providers", "cpu")  # fmt: skip
+    try:
+        images = variants(12)
+        with ThreadPoolExecutor(12) as pool:
+            bodies = list(pool.map(lambda data: httpx.post(
+                server.url + "/classify", content=data, headers={"Content-Type": "image/jpeg"},
+                params={"top_k": 3}, timeout=60).json(), images))  # fmt: skip
+        card = references["resnet18"].card
+        for data, body in zip(images, bodies):
+            expected = references["resnet18"].probabilities(prepare(data, card.preprocessing, 50_000_000))
+            assert_answers(body["predictions"], expected, card, 3)
+        assert "batch sizes 1,4,8 (one session each)" in server.log()
+        infos = httpx.get(server.url + "/models").json()["models"]
+        assert all(info["device_memory_bytes"] is None for info in infos)
+    finally:
+        server.stop()
