@@ -138,7 +138,10 @@ class _Driver:
             self.lib.cuMemHostRegister_v2(ctypes.c_void_p(address), ctypes.c_size_t(size), _PORTABLE), "cuMemHostRegister"))
 
     def unregister(self, address: int) -> None:
-        self._in_context(lambda: self.lib.cuMemHostUnregister(ctypes.c_void_p(address)))
+        try:  # runs from a finalizer, possibly at exit: nothing to report to
+            self._in_context(lambda: self.lib.cuMemHostUnregister(ctypes.c_void_p(address)))
+        except OSError:
+            pass
 
 
 @functools.cache
