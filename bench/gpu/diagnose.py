@@ -162,6 +162,8 @@ def _summary(records: list[tuple[int, float, float]], elapsed: float, cycle) -> 
               "mean_batch": round(float(sizes.mean()), 2), "p50_ms": round(float(np.median(wall)), 3),
               "p90_ms": round(float(np.percentile(wall, 90)), 3), "cpu_p50_ms": round(float(np.median(cpu)), 3),
               "cpu_over_wall": round(float(cpu.sum() / wall.sum()), 3)}  # fmt: skip
+    # The first batches as they came, [size, wall ms, inference-thread CPU ms]: the raw record behind the medians.
+    result["first_batches"] = [[int(n), round(float(w), 3), round(float(c), 3)] for n, w, c in zip(sizes, wall, cpu)][:70]
     if cycle is not None:  # each size's median: which sizes pay, and whether the host pays it
         result["per_size"] = {str(n): {"p50_ms": round(float(np.median(wall[sizes == n])), 3),
                                        "cpu_p50_ms": round(float(np.median(cpu[sizes == n])), 3)}
