@@ -160,3 +160,33 @@ def test_the_service_answers_the_same_on_the_sized_path(tiny_models_dir, referen
         assert all(info["device_memory_bytes"] is None for info in infos)
     finally:
         server.stop()
+
+
+class _RefusesToRun:
+    """A session whose runs fail, as a CUDA graph capture fails on a GPU (which this test cannot have)."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+    def run_with_iobinding(self, *args):
+        raise RuntimeError("CUDA graph capture failed: operation not permitted when stream is capturing")
+
+
+def test_a_graph_that_cannot_be_captured_falls_back_with_one_warning(tiny_models_dir, caplog):
+    model = _load(tiny_models_dir, "resnet20", sized_on_cpu=True)
+    real = model.runner.sessions
+    runner = sized.SizedRunner({n: _RefusesToRun(s) for n, s in real.items()}, model.card.input_name,
+                               model.card.output_name, graphs=True, rebuild=lambda graphs: real, name="resnet20")  # fmt: skip
+    batch = random_batch(model.card.preprocessing, 3, seed=3)
+    with caplog.at_level("WARNING", logger="service.sized"):
+        first, second = runner.run(batch), runner.run(batch[:1])
+    assert not runner.graphs and runner.sessions == real
+    np.testing.assert_array_equal(first, model.runner.run(batch))
+    np.testing.assert_array_equal(second, model.runner.run(batch[:1]))
+    assert [r.getMessage() for r in caplog.records] == [
+        "model resnet20: CUDA graph capture failed (CUDA graph capture failed: operation not permitted when stream "
+        "is capturing): running without CUDA graphs"
+    ]
