@@ -24,8 +24,8 @@ The provider options follow ONNX Runtime's CUDA provider documentation for a ser
     device at fixed addresses, which the sized path's buffers are).
 
 Page-locked buffers: onnxruntime 1.31's Python API no longer takes the "cuda_pinned" device name
-(pinned memory comes from an OrtEpDevice's HOST_ACCESSIBLE memory info, which the built-in CUDA
-provider does not list), so host buffers are page-locked with the driver's cuMemHostRegister, in
+(pinned memory comes as an OrtEpDevice's HOST_ACCESSIBLE memory info, which depends on how the CUDA
+provider was registered), so host buffers are page-locked with the driver's cuMemHostRegister, in
 the device's primary context, the one ONNX Runtime's CUDA runtime calls use too.
 """
 
