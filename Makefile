@@ -154,18 +154,18 @@ bench-per-image: install
 	$(BIN)/resnet-bench --models $(RESULTS)/models --only resnet18,resnet18-int8,resnet152 --rounds 3 \
 		--out $(RESULTS)/per-image
 
-# --- the GPU device check (bench/gpu_check.py, docs/gpu.md) ---------------------------------------
-# owner: gpu. On a machine with an NVIDIA GPU and onnxruntime-gpu: export, raw ONNX Runtime CUDA,
-# resnet-serve under resnet-bench, resnet50 training; about 4 minutes on an H200. Without a GPU it
+# --- the GPU device check (bench/gpu/check.py, docs/gpu.md) ---------------------------------------
+# owner: gpu. On a machine with an NVIDIA GPU and onnxruntime-gpu: export, raw ONNX Runtime CUDA, the engine
+# variants, the decode ceiling, resnet-serve under resnet-bench; at most 4 minutes, resumable. Without a GPU it
 # says so in one line and exits 2. `gpu-pack` prepares what the lent-device calls carry.
 GPU_OUT ?= $(RESULTS)/gpu
 GPU_FLAGS ?=
 .PHONY: gpu-check gpu-pack
 gpu-check: install
-	$(BIN)/python -m bench.gpu_check --out $(GPU_OUT) $(GPU_FLAGS)
+	$(BIN)/python -m bench.gpu.check --out $(GPU_OUT) $(GPU_FLAGS)
 
 gpu-pack:
-	PYTHON=$(BIN)/python deploy/gpu/pack.sh $(or $(DEST),.gpu)
+	PYTHON=$(BIN)/python bench/gpu/pack.sh $(or $(DEST),.gpu)
 # --- robustness scenarios: results and commands in docs/robustness.md ----------------------------
 # owner: robustness. Each scenario starts its own resnet-serve on the default models and writes
 # $(RESULTS)/scenarios/<scenario>.json; the soak also writes soak-memory.png. About 15 min in all.

@@ -83,6 +83,20 @@ class ServeConfig:
     cuda_arena_extend_strategy: str = _opt(
         "same_as_requested", "how the CUDA memory arena grows: same_as_requested or next_power_of_two"
     )
+    # One session per size on CUDA: ONNX Runtime's cuDNN-frontend Conv keeps the execution plan of the
+    # last input shape only (microsoft/onnxruntime#23006), so a session that sees one shape never
+    # rebuilds it. 1,8,32,128 is a starting guess until a GPU measures the ladder (docs/gpu.md).
+    cuda_batch_sizes: tuple[int, ...] = _opt(
+        (1, 8, 32, 128),
+        "batch sizes the CUDA path runs, increasing, the largest >= max_batch_size; a batch is zero-padded to the next",
+        sep=",",
+    )
+    cuda_sessions: str = _opt(
+        "per_size", "per_size: one ONNX Runtime session per batch size (fixed shape); shared: one session for all sizes"
+    )
+    cuda_graphs: bool = _opt(False, "capture one CUDA graph per batch size and replay it (falls back with a warning)")
+    # For tests and measurements: the CUDA path's sized sessions and buffers on the CPU provider too.
+    sized_on_cpu: bool = _opt(False, "run the CUDA path's sized sessions and buffers on the CPU provider as well")
     warmup_runs: int = _opt(2, "inferences per model and batch shape before /health/ready reports ready")
     drain_timeout_s: float = _opt(30.0, "on SIGTERM, seconds to let in-flight requests finish")
     drain_grace_s: float = _opt(
@@ -138,10 +152,27 @@ class ServeConfig:
                 "cuda_arena_extend_strategy must be same_as_requested or next_power_of_two, "
                 f"got {self.cuda_arena_extend_strategy!r}"
             )
+        self._check_batch_sizes()
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
         if self.decode_threads == 0:
             object.__setattr__(self, "decode_threads", available_cpus())
+
+    def _check_batch_sizes(self) -> None:
+        """The one place the CUDA path's batch sizes are checked (service/engine/sized.py relies on it)."""
+        sizes = self.cuda_batch_sizes
+        if not sizes or any(size < 1 for size in sizes):
+            raise ConfigError(f"cuda_batch_sizes must be batch sizes >= 1, got {','.join(map(str, sizes))!r}")
+        if any(b <= a for a, b in zip(sizes, sizes[1:])):
+            raise ConfigError(f"cuda_batch_sizes must be strictly increasing, got {','.join(map(str, sizes))!r}")
+        if self.cuda_sessions not in ("per_size", "shared"):
+            raise ConfigError(f"cuda_sessions must be per_size or shared, got {self.cuda_sessions!r}")
+        # Only where the sized path can run: a CPU-only service with a large max_batch_size is not refused.
+        if ("cuda" in self.providers or self.sized_on_cpu) and sizes[-1] < self.max_batch_size:
+            raise ConfigError(
+                f"cuda_batch_sizes' largest size ({sizes[-1]}) is below max_batch_size ({self.max_batch_size}): "
+                f"add a size >= {self.max_batch_size} or lower max_batch_size"
+            )
 
     @property
     def max_delay_s(self) -> float:

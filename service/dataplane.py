@@ -265,7 +265,9 @@ class Service:
             except Exception:  # noqa: BLE001 - stay live and unready, say why, let the orchestrator act
                 log.exception("warm-up of %s failed: the service stays unready", name, extra={"model": name})
                 return
-            log.info("warmed up %s in %.2f s", name, seconds, extra={"model": name})
+            memory = pipeline.model.device_memory_bytes  # GPU only: loading plus warm-up
+            on_gpu = "" if memory is None else f", {memory / 2**20:.0f} MiB of GPU memory"
+            log.info("warmed up %s in %.2f s%s", name, seconds, on_gpu, extra={"model": name, "device_memory_bytes": memory})
         self.warm = True
         log.info("ready: serving %s", ", ".join(self.pipelines), extra={"models": list(self.pipelines)})
 

@@ -83,6 +83,7 @@ class ModelInfo(msgspec.Struct):
     exported_at: str
     default: bool  # whether requests that name no model get this one
     abstain_threshold: float | None  # calibrated abstention threshold (max softmax); None: uncalibrated
+    device_memory_bytes: int | None  # GPU memory its sessions take (loading and warm-up); null on the CPU
 
 
 class ModelDetail(ModelInfo):
@@ -142,7 +143,8 @@ def top_k(card: ModelCard, probabilities: np.ndarray, k: int) -> list[Prediction
 
 
 def model_info(
-    card: ModelCard, providers, default: bool, detail: bool = False, abstain_threshold: float | None = None
+    card: ModelCard, providers, default: bool, detail: bool = False, abstain_threshold: float | None = None,
+    device_memory_bytes: int | None = None,
 ) -> ModelInfo:
     """A model's public description; with detail, its class list too."""
     prep = card.preprocessing
@@ -152,6 +154,7 @@ def model_info(
         interpolation=prep.interpolation, precision=card.precision, providers=list(providers),
         source_sha256=card.source_sha256, val_top1=card.val_top1, val_top5=card.val_top5,
         exported_at=card.exported_at, default=default, abstain_threshold=abstain_threshold,
+        device_memory_bytes=device_memory_bytes,
     )  # fmt: skip
     if not detail:
         return ModelInfo(**fields)

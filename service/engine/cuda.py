@@ -1,4 +1,5 @@
-"""The CUDA side of the runtime: is a GPU usable, the CUDA provider's options, and I/O-bound runs.
+"""The CUDA side of the runtime: is a GPU usable, the CUDA provider's options, and the driver calls
+the sized path (service/engine/sized.py) needs: device memory in use and page-locked host buffers.
 
 ONNX Runtime asked for its CUDA provider on a machine without an NVIDIA driver prints red errors
 about libcuda.so.1 for every session and then falls back to the CPU silently. So the driver is asked
@@ -13,40 +14,38 @@ The provider options follow ONNX Runtime's CUDA provider documentation for a ser
     measured no faster on an H200: docs/gpu.md);
   - cudnn_conv_algo_search HEURISTIC (ORT's default is EXHAUSTIVE): measured on an H200
     (docs/gpu.md), the service under load answered 1.9x more images per second with HEURISTIC, and
-    raw throughput at a fixed batch size was no lower. ORT's Conv keeps the state of the last input
-    shape only, and a batcher changes the shape from batch to batch. Either way each new shape costs
-    a first run, so on CUDA batches are padded up to a fixed ladder of sizes (BATCH_LADDER), every
-    rung of which is warmed up before the service reports ready;
+    raw throughput at a fixed batch size was no lower;
   - cudnn_conv_use_max_workspace 1: lets cuDNN pick algorithms that need a large workspace (the
     documented speed-up for convolution networks);
   - do_copy_in_default_stream 1: the documented safe default; ORT runs each session on a compute
-    stream of its own, and copies in the default stream are ordered before it.
+    stream of its own, and copies in the default stream are ordered before it;
+  - enable_cuda_graph 1, only with --cuda-graphs: the session captures its run as a CUDA graph and
+    replays it (ORT's CUDA provider documentation: fixed shapes, inputs and outputs bound on the
+    device at fixed addresses, which the sized path's buffers are).
 
-I/O binding (BoundRunner): the batch is copied to a device buffer once, the graph runs on it, and
-the result is copied back once; buffers are kept per batch size so a steady load allocates nothing.
-The input's element type is read from the session, so the same code serves float32, float16 or
-uint8 inputs. Each run records the three times (copy in, compute, copy out) for /metrics.
+Page-locked buffers: onnxruntime 1.31's Python API no longer takes the "cuda_pinned" device name
+(pinned memory comes as an OrtEpDevice's HOST_ACCESSIBLE memory info, which depends on how the CUDA
+provider was registered), so host buffers are page-locked with the driver's cuMemHostRegister, in
+the device's primary context, the one ONNX Runtime's CUDA runtime calls use too.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import time
+import logging
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
-import onnxruntime as ort
+
+log = logging.getLogger("service.engine.cuda")
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CONV_ALGO_SEARCH = ("exhaustive", "heuristic", "default")  # ORT: EXHAUSTIVE, HEURISTIC, DEFAULT
-# Batch sizes a CUDA session runs: a batch is padded up to the next rung (padding costs little on a
-# GPU, a cuDNN search for a new shape costs seconds). Warm-up runs each rung up to max_batch_size.
-BATCH_LADDER = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 # Which exported precision of one network to serve on each device, best first: float16 convolutions
 # run on a GPU's tensor cores, while ONNX Runtime's CPU provider computes an fp16 graph in float32.
 PRECISION_PREFERENCE = {"cuda": ("fp16", "fp32"), "cpu": ("fp32", "fp16")}
-_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 
 
 @dataclass(frozen=True)
@@ -82,7 +81,7 @@ ARENA_STRATEGIES = {"same_as_requested": "kSameAsRequested", "next_power_of_two"
 
 
 def provider_options(device_id: int = 0, conv_algo_search: str = "heuristic",
-                     arena: str = "same_as_requested") -> dict[str, str]:
+                     arena: str = "same_as_requested", graphs: bool = False) -> dict[str, str]:
     """The CUDA provider's options for a serving process (the module docstring says why each)."""
     if arena not in ARENA_STRATEGIES:
         raise ValueError(f"arena_extend_strategy must be one of {sorted(ARENA_STRATEGIES)}, got {arena!r}")
@@ -96,73 +95,94 @@ def provider_options(device_id: int = 0, conv_algo_search: str = "heuristic",
         "cudnn_conv_algo_search": conv_algo_search.upper(),
         "cudnn_conv_use_max_workspace": "1",
         "do_copy_in_default_stream": "1",
+        **({"enable_cuda_graph": "1"} if graphs else {}),
     }
 
 
-def ladder_size(batch: int, ladder: tuple[int, ...] = BATCH_LADDER) -> int:
-    """The rung a batch of `batch` images runs at: the smallest ladder size >= batch (or batch itself)."""
-    return next((rung for rung in ladder if rung >= batch), batch)
+
+# --- the driver: device memory and page-locked host memory ------------------------------------------
+_PORTABLE = 0x01  # CU_MEMHOSTREGISTER_PORTABLE: pinned for every CUDA context, ORT's included
+_PAGE = 4096
 
 
-def warm_sizes(max_batch_size: int) -> tuple[int, ...]:
-    """Every rung a batch of up to max_batch_size can land on."""
-    return tuple(sorted({ladder_size(n) for n in (*[r for r in BATCH_LADDER if r < max_batch_size], max_batch_size)}))
+class _Driver:
+    """libcuda.so.1 with device `device_id`'s primary context retained for the process's life."""
+
+    def __init__(self, device_id: int) -> None:
+        self.lib = ctypes.CDLL("libcuda.so.1")
+        self._check(self.lib.cuInit(0), "cuInit")
+        device = ctypes.c_int(0)
+        self._check(self.lib.cuDeviceGet(ctypes.byref(device), device_id), "cuDeviceGet")
+        self.context = ctypes.c_void_p(0)
+        self._check(self.lib.cuDevicePrimaryCtxRetain(ctypes.byref(self.context), device), "cuDevicePrimaryCtxRetain")
+
+    @staticmethod
+    def _check(status: int, call: str) -> None:
+        if status != 0:
+            raise OSError(f"{call} failed with CUDA error {status}")
+
+    def _in_context(self, call):
+        self._check(self.lib.cuCtxPushCurrent_v2(self.context), "cuCtxPushCurrent")
+        try:
+            return call()
+        finally:
+            self.lib.cuCtxPopCurrent_v2(ctypes.byref(ctypes.c_void_p(0)))
+
+    def free_bytes(self) -> int:
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        self._in_context(lambda: self._check(self.lib.cuMemGetInfo_v2(ctypes.byref(free), ctypes.byref(total)), "cuMemGetInfo"))
+        return free.value
+
+    def register(self, address: int, size: int) -> None:
+        self._in_context(lambda: self._check(
+            self.lib.cuMemHostRegister_v2(ctypes.c_void_p(address), ctypes.c_size_t(size), _PORTABLE), "cuMemHostRegister"))
+
+    def unregister(self, address: int) -> None:
+        try:  # runs from a finalizer, possibly at exit: nothing to report to
+            self._in_context(lambda: self.lib.cuMemHostUnregister(ctypes.c_void_p(address)))
+        except OSError:
+            pass
 
 
-@dataclass
-class Timings:
-    """Seconds of the last run: host-to-device copy, the graph on the device, device-to-host copy."""
+@functools.cache
+def _driver(device_id: int) -> _Driver | None:
+    if not probe().usable:
+        return None
+    try:
+        return _Driver(device_id)
+    except (OSError, AttributeError) as error:  # a driver without these entry points: no figures, no pinning
+        log.warning("CUDA driver calls unavailable (%s): no device memory figures, pageable host buffers", error)
+        return None
 
-    copy_in: float = 0.0
-    compute: float = 0.0
-    copy_out: float = 0.0
+
+def device_free_bytes(device_id: int) -> int | None:
+    """Free memory on the GPU, in bytes (the whole device: other processes count); None without one."""
+    driver = _driver(device_id)
+    return driver.free_bytes() if driver is not None else None
 
 
-class BoundRunner:
-    """Runs one session with I/O binding on `device` ("cuda" or "cpu"), one copy each way per batch.
+def host_buffer(shape: tuple[int, ...], dtype, device_id: int | None) -> tuple[np.ndarray, bool]:
+    """A zeroed, page-aligned host array, page-locked for DMA when `device_id` names a usable GPU.
 
-    Not thread-safe: one runner serves one model, whose pipeline keeps one instance on CUDA, so the
-    batcher runs one batch at a time.
-    """
+    Returns (array, pinned). A failed lock leaves a pageable array: slower copies, same results."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape)) * dtype.itemsize
+    raw = np.zeros(size + _PAGE, np.uint8)
+    start = -raw.ctypes.data % _PAGE
+    array = raw[start : start + size].view(dtype).reshape(shape)
+    driver = _driver(device_id) if device_id is not None else None
+    if driver is None or size == 0:
+        return array, False
+    try:
+        driver.register(array.ctypes.data, size)
+    except OSError as error:
+        _say_pageable(str(error))
+        return array, False
+    # Unlock before numpy frees the memory: `raw` owns it and outlives every view of it.
+    weakref.finalize(raw, driver.unregister, array.ctypes.data)
+    return array, True
 
-    def __init__(self, session: ort.InferenceSession, input_name: str, output_name: str,
-                 device: str, device_id: int = 0, pad: bool = False) -> None:
-        self.session, self.input_name, self.output_name = session, input_name, output_name
-        self.device, self.device_id, self.pad = device, device_id, pad
-        inputs = {node.name: node for node in session.get_inputs()}
-        outputs = {node.name: node for node in session.get_outputs()}
-        self.input_dtype = _NUMPY_TYPES[inputs[input_name].type]
-        self.output_dtype = _NUMPY_TYPES[outputs[output_name].type]
-        self.output_width = outputs[output_name].shape[1]  # classes: a fixed dimension in our exports
-        self.timings = Timings()
-        self._slots: dict[tuple[int, ...], tuple[ort.IOBinding, ort.OrtValue, ort.OrtValue]] = {}
 
-    def _slot(self, shape: tuple[int, ...]):
-        slot = self._slots.get(shape)
-        if slot is None:
-            value_in = ort.OrtValue.ortvalue_from_shape_and_type(shape, self.input_dtype, self.device, self.device_id)
-            value_out = ort.OrtValue.ortvalue_from_shape_and_type(
-                (shape[0], self.output_width), self.output_dtype, self.device, self.device_id
-            )
-            binding = self.session.io_binding()
-            binding.bind_ortvalue_input(self.input_name, value_in)
-            binding.bind_ortvalue_output(self.output_name, value_out)
-            slot = self._slots[shape] = (binding, value_in, value_out)
-        return slot
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """The output for `batch` ([N, ...] in any dtype; converted to the session's input type)."""
-        count = batch.shape[0]
-        batch = np.ascontiguousarray(batch, dtype=self.input_dtype)
-        rung = ladder_size(count) if self.pad else count
-        if rung != count:  # zero rows up to the rung: its cuDNN plan is already chosen and warm
-            batch = np.concatenate([batch, np.zeros((rung - count, *batch.shape[1:]), self.input_dtype)])
-        binding, value_in, value_out = self._slot(batch.shape)
-        started = time.perf_counter()
-        value_in.update_inplace(batch)
-        copied = time.perf_counter()
-        self.session.run_with_iobinding(binding)  # returns once the device has finished the graph
-        ran = time.perf_counter()
-        result = np.array(value_out.numpy()[:count])  # a copy: the buffer is reused by the next run
-        self.timings = Timings(copied - started, ran - copied, time.perf_counter() - ran)
-        return result
+@functools.cache
+def _say_pageable(reason: str) -> None:
+    log.warning("page-locking host buffers failed (%s): copies use pageable memory", reason)

@@ -53,8 +53,8 @@ class ModelPipeline:
         self.decode_pool = decode_pool
         self.metrics = metrics
         # One thread per instance: the batcher runs that many batches at once, and ORT parallelises
-        # inside each run with its share of the cores (runtime.model_threads). The CUDA path's I/O
-        # binding keeps one set of device buffers per batch size, so it serves one batch at a time.
+        # inside each run with its share of the cores (runtime.model_threads). The sized path (CUDA)
+        # keeps one set of buffers per batch size, so it serves one batch at a time.
         self.instances = 1 if model.runner is not None else config.instances
         self.executor = ThreadPoolExecutor(self.instances, thread_name_prefix=f"infer-{model.name}")
         self.batcher: Batcher[np.ndarray, np.ndarray] = Batcher(
@@ -76,7 +76,7 @@ class ModelPipeline:
         prep = model.card.preprocessing
         dtype = np.uint8 if prep.input_dtype == "uint8" else np.float32  # what prepare returns
         self.buffers: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
-        for _ in range(self.instances):
+        for _ in range(self.instances if model.runner is None else 0):  # the sized path has its own
             self.buffers.put(np.empty(prep.input_shape(config.max_batch_size), dtype=dtype))
 
     def start(self) -> None:
@@ -154,6 +154,8 @@ class ModelPipeline:
 
     def _infer(self, arrays: list[np.ndarray]):
         started = time.perf_counter()
+        if self.model.runner is not None:  # the sized path stacks straight into its batch size's buffer
+            return self.model.probabilities_of(arrays), time.perf_counter() - started, self.model.timings
         buffer = self.buffers.get_nowait()  # never empty: at most `instances` runs at once
         try:
             batch = np.stack(arrays, out=buffer[: len(arrays)])

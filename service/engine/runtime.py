@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from artifact import ArtifactError, ModelCard
-from service.engine import cuda
+from service.engine import cuda, sized
 from service.config import ServeConfig, available_cpus
 
 log = logging.getLogger("service.engine.runtime")
@@ -41,7 +41,9 @@ class LoadedModel:
     providers: tuple[str, ...]  # session.get_providers(): what ONNX Runtime actually uses
     input_dtype: type = np.float32
     warm: bool = field(default=False)  # set once warm_up has run
-    runner: cuda.BoundRunner | None = None  # I/O binding on CUDA; None runs session.run (the CPU path)
+    # The sized path (service/engine/sized.py): on CUDA, or on the CPU with --sized-on-cpu; None runs session.run.
+    runner: sized.SizedRunner | None = None
+    device_memory_bytes: int | None = None  # GPU memory its sessions took (loading, then warm-up); None on the CPU
 
     @property
     def name(self) -> str:
@@ -53,37 +55,47 @@ class LoadedModel:
         return device_of(self.providers)
 
     @property
-    def timings(self) -> cuda.Timings | None:
-        """Copy-in, compute and copy-out seconds of the last batch on CUDA; None on the CPU path."""
+    def timings(self) -> sized.Timings | None:
+        """Copy-in, compute and copy-out seconds of the last batch on the sized path; None on session.run."""
         return self.runner.timings if self.runner is not None else None
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Softmax over the logits of a batch of the card's input: [N, num_classes] float32, rows sum to 1."""
         if self.runner is not None:
-            logits = self.runner.run(batch)
-        else:
-            (logits,) = self.session.run(
-                [self.card.output_name], {self.card.input_name: batch.astype(self.input_dtype, copy=False)}
-            )
-        logits = logits.astype(np.float32, copy=False)
-        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return exp / exp.sum(axis=1, keepdims=True)
+            return _softmax(self.runner.run(batch))
+        (logits,) = self.session.run(
+            [self.card.output_name], {self.card.input_name: batch.astype(self.input_dtype, copy=False)}
+        )
+        return _softmax(logits)
+
+    def probabilities_of(self, arrays: list[np.ndarray]) -> np.ndarray:
+        """probabilities() of single inputs stacked straight into the sized path's buffer (runner only)."""
+        return _softmax(self.runner.run_arrays(arrays))
 
     def warm_up(self, batch_sizes: tuple[int, ...], runs: int) -> float:
         """Run zeros through every batch shape the batcher will use first; returns seconds taken.
 
-        On CUDA every rung of the batch ladder up to the largest size is warmed: each new shape
-        costs a cuDNN algorithm search that no request should wait for."""
+        On the sized path every size up to the largest batch is warmed: a session's first run
+        chooses its cuDNN algorithms (and captures its CUDA graph), which no request should wait for."""
         started = time.perf_counter()
+        free_before = cuda.device_free_bytes(self.runner.device_id) if self.device == "cuda" else None
         prep = self.card.preprocessing
-        if self.runner is not None and self.runner.pad:
-            batch_sizes = cuda.warm_sizes(max(batch_sizes))
+        if self.runner is not None:
+            batch_sizes = self.runner.sizes_up_to(max(batch_sizes))
         for size in batch_sizes:
             batch = np.zeros(prep.input_shape(size), dtype=self.input_dtype)
             for _ in range(runs):
                 self.probabilities(batch)
+        if free_before is not None and self.device_memory_bytes is not None:  # the arena's activations
+            self.device_memory_bytes += free_before - cuda.device_free_bytes(self.runner.device_id)
         self.warm = True
         return time.perf_counter() - started
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits.astype(np.float32, copy=False)
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def model_threads(config: ServeConfig) -> int:
@@ -148,10 +160,10 @@ def provider_list(requested: tuple[str, ...]) -> list[str]:
     return chosen or [PROVIDERS["cpu"]]
 
 
-def providers_with_options(config: ServeConfig) -> list:
+def providers_with_options(config: ServeConfig, graphs: bool = False) -> list:
     """provider_list with the CUDA provider's serving options (service.engine.cuda) attached."""
     options = cuda.provider_options(
-        config.cuda_device_id, config.cudnn_conv_algo_search, config.cuda_arena_extend_strategy
+        config.cuda_device_id, config.cudnn_conv_algo_search, config.cuda_arena_extend_strategy, graphs
     )
     return [(name, options) if name == PROVIDERS["cuda"] else name for name in provider_list(config.providers)]
 
@@ -187,6 +199,8 @@ def discover(models_dir: Path) -> list[Path]:
 def load_model(path: Path, config: ServeConfig, threads: int | None = None) -> LoadedModel:
     """One session with its card, checked against the graph's real input and output."""
     requested = providers_with_options(config)
+    on_gpu = any(isinstance(p, tuple) and p[0] == PROVIDERS["cuda"] for p in requested)
+    free_before = cuda.device_free_bytes(config.cuda_device_id) if on_gpu else None
     options = session_options(config, threads)
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=requested)
@@ -220,10 +234,50 @@ def load_model(path: Path, config: ServeConfig, threads: int | None = None) -> L
             ", ".join(providers),
             extra={"model": card.name, "providers": list(providers)},
         )
-    runner = None
-    if device_of(providers) == "cuda":
-        runner = cuda.BoundRunner(session, card.input_name, card.output_name, "cuda", config.cuda_device_id, pad=True)
-    return LoadedModel(card, session, path, providers, _ORT_DTYPES[node.type], runner=runner)
+    model = LoadedModel(card, session, path, providers, _ORT_DTYPES[node.type])
+    if model.device == "cuda" or config.sized_on_cpu:
+        model.runner = sized_runner(model, config, threads)
+    if free_before is not None and model.device == "cuda":
+        model.device_memory_bytes = free_before - cuda.device_free_bytes(config.cuda_device_id)
+    return model
+
+
+def sized_runner(model: LoadedModel, config: ServeConfig, threads: int | None = None) -> sized.SizedRunner:
+    """The sized path for a loaded model: config.cuda_batch_sizes, one session per size or the model's own
+    session for all (cuda_sessions), CUDA graphs if asked and capturable (one warning line if not)."""
+    card, path = model.card, model.path
+    (node,) = [n for n in model.session.get_inputs() if n.name == card.input_name]
+    batch_dim = node.shape[0]
+    if not isinstance(batch_dim, str):  # our exports name it "batch"; a fixed one leaves nothing to override
+        raise ModelLoadError(f"{str(path)!r}: input {node.name!r} has a fixed batch dimension {batch_dim!r}")
+    device = model.device
+
+    def build(graphs: bool) -> dict[int, ort.InferenceSession]:
+        providers = providers_with_options(config, graphs) if device == "cuda" else [PROVIDERS["cpu"]]
+        if config.cuda_sessions == "shared" and not graphs:
+            return dict.fromkeys(config.cuda_batch_sizes, model.session)
+        if config.cuda_sessions == "shared":  # graphs need their own session: one graph per size, by gpu_graph_id
+            shared = ort.InferenceSession(str(path), sess_options=session_options(config, threads), providers=providers)
+            return dict.fromkeys(config.cuda_batch_sizes, shared)
+        sessions = {}
+        for size in config.cuda_batch_sizes:
+            options = session_options(config, threads)
+            options.add_free_dimension_override_by_name(batch_dim, size)  # this session sees one shape
+            sessions[size] = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        return sessions
+
+    graphs = config.cuda_graphs and device == "cuda"
+    try:
+        sessions = build(graphs)
+    except Exception as error:  # noqa: BLE001 - ORT refuses graphs for graphs with nodes off the GPU, say
+        if not graphs:
+            raise ModelLoadError(f"ONNX Runtime cannot load {str(path)!r} at fixed batch sizes: "
+                                 f"{str(error).splitlines()[0]}") from None
+        log.warning("model %s: CUDA graphs refused (%s): running without CUDA graphs",
+                    card.name, str(error).splitlines()[0][:300], extra={"model": card.name})
+        graphs, sessions = False, build(False)
+    return sized.SizedRunner(sessions, card.input_name, card.output_name, device, config.cuda_device_id,
+                             graphs, build, card.name)  # fmt: skip
 
 
 def load_models(config: ServeConfig) -> dict[str, LoadedModel]:
@@ -241,13 +295,23 @@ def load_models(config: ServeConfig) -> dict[str, LoadedModel]:
             f"default model {config.default_model!r} is not in {str(config.models)!r}; it has {sorted(models)}"
         )
     for model in models.values():
+        runner = model.runner
+        path_note = "" if runner is None else (
+            f", batch sizes {','.join(map(str, runner.sizes))} "
+            f"({'one shared session' if runner.shared else 'one session each'}"
+            f"{', CUDA graphs' if runner.graphs else ''}{', page-locked buffers' if runner.pinned else ''})"
+        )
+        memory = model.device_memory_bytes
         log.info(
-            "loaded %s (%s) from %s on %s, %d intra-op threads",
+            "loaded %s (%s) from %s on %s, %d intra-op threads%s%s",
             model.name,
             model.card.precision,
             model.path,
             ", ".join(model.providers),
             threads,
-            extra={"model": model.name, "device": model.device, "providers": list(model.providers)},
+            path_note,
+            "" if memory is None else f", {memory / 2**20:.0f} MiB of GPU memory",
+            extra={"model": model.name, "device": model.device, "providers": list(model.providers),
+                   "device_memory_bytes": memory},
         )
     return models

@@ -26,7 +26,7 @@ def _settings_rows() -> dict[str, list[str]]:
 def _shown(value) -> str:
     if value in ("", ()):
         return "(empty)"
-    return ",".join(value) if isinstance(value, tuple) else str(value)
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def test_the_settings_table_lists_every_field_with_its_flag_variable_default_and_meaning():

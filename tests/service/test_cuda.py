@@ -1,7 +1,8 @@
 """The CUDA path, checked here with the CPU fallback: the provider's options, the GPU probe, the one
-warning a CPU-only machine gets, and the I/O-binding runner against a plain session.run.
+warning a CPU-only machine gets, host buffers, and the sized runner's I/O binding against a plain
+session.run (the sized path itself: test_sized.py).
 
-On a machine with a usable NVIDIA GPU the fallback tests skip; bench/gpu_check.py checks the CUDA
+On a machine with a usable NVIDIA GPU the fallback tests skip; bench/gpu/check.py checks the CUDA
 side itself on such a machine.
 """
 
@@ -17,7 +18,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from service.engine import cuda, runtime
+from service.engine import cuda, runtime, sized
 from service.config import ConfigError, ServeConfig, parse
 
 NO_GPU = not cuda.probe().usable
@@ -47,10 +48,15 @@ def _graph_model(path, elem: int, classes: int = 5) -> None:
 
 
 @pytest.fixture(scope="module", params=[TensorProto.FLOAT, TensorProto.FLOAT16], ids=["fp32", "fp16"])
-def session(request, tmp_path_factory) -> ort.InferenceSession:
+def graph(request, tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny") / "model.onnx"
     _graph_model(path, request.param)
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return path
+
+
+@pytest.fixture(scope="module")
+def session(graph) -> ort.InferenceSession:
+    return ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
 
 
 def test_provider_options_are_the_documented_serving_ones():
@@ -117,30 +123,46 @@ def test_probe_answers_without_onnx_runtime():
     assert bool(probe.reason) == (not probe.usable)
 
 
-def test_ladder_pads_to_the_next_rung():
-    assert [cuda.ladder_size(n) for n in (1, 2, 3, 5, 8, 9, 33, 64, 200)] == [1, 2, 4, 8, 8, 16, 64, 64, 256]
-    assert cuda.ladder_size(5000) == 5000
-    assert cuda.warm_sizes(8) == (1, 2, 4, 8)
-    assert cuda.warm_sizes(48) == (1, 2, 4, 8, 16, 32, 64)
+def test_graphs_add_the_cuda_graph_option_only_when_asked():
+    assert "enable_cuda_graph" not in cuda.provider_options()
+    assert cuda.provider_options(graphs=True)["enable_cuda_graph"] == "1"
 
 
-@pytest.mark.parametrize("pad", [False, True])
-def test_io_binding_equals_session_run_on_the_cpu_provider(session, pad):
-    runner = cuda.BoundRunner(session, "input", "logits", "cpu", pad=pad)
+def test_host_buffers_are_zeroed_aligned_and_pageable_without_a_gpu():
+    array, pinned = cuda.host_buffer((3, 4, 5), np.float16, None)
+    assert array.shape == (3, 4, 5) and array.dtype == np.float16 and not array.any()
+    assert array.ctypes.data % 4096 == 0 and array.flags.c_contiguous and not pinned
+    if NO_GPU:
+        assert cuda.device_free_bytes(0) is None and cuda.host_buffer((2,), np.uint8, 0)[1] is False
+
+
+def _fixed(path, size: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.add_free_dimension_override_by_name("batch", size)
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["per-size", "shared"])
+def test_io_binding_equals_session_run_on_the_cpu_provider(graph, session, shared):
+    path = graph
+    sessions = dict.fromkeys((1, 4, 8), session) if shared else {n: _fixed(path, n) for n in (1, 4, 8)}
+    runner = sized.SizedRunner(sessions, "input", "logits", "cpu")
     dtype = runner.input_dtype
     rng = np.random.default_rng(1)
-    for count in (1, 3, 8, 3):  # 3 twice: the reused buffers must not leak the 8-batch into it
+    for count in (1, 3, 8, 3, 2):  # 3 after 8: the rows the 8-batch left must not leak into it
         batch = rng.standard_normal((count, 3, 8, 8)).astype(np.float32)
         (expected,) = session.run(["logits"], {"input": batch.astype(dtype)})
         got = runner.run(batch)  # float32 in, converted to the session's own input type
         assert got.dtype == expected.dtype and got.shape == expected.shape
         np.testing.assert_array_equal(got, expected)
+        np.testing.assert_array_equal(runner.run_arrays(list(batch.astype(dtype))), expected)
         timings = runner.timings
         assert timings.copy_in >= 0 and timings.compute > 0 and timings.copy_out >= 0
+    assert runner.shared == shared
 
 
-def test_a_result_survives_the_next_run(session):
-    runner = cuda.BoundRunner(session, "input", "logits", "cpu")
+def test_a_result_survives_the_next_run(graph):
+    runner = sized.SizedRunner({2: _fixed(graph, 2)}, "input", "logits", "cpu")
     first_batch = np.ones((2, 3, 8, 8), np.float32)
     first = runner.run(first_batch)
     kept = first.copy()
@@ -154,4 +176,5 @@ def test_loaded_model_reports_its_real_device(models_dir, caplog):
         models = runtime.load_models(config)
     for model in models.values():
         assert model.device == "cpu" and model.runner is None and model.timings is None
+        assert model.device_memory_bytes is None
     assert any("on CPUExecutionProvider" in r.getMessage() for r in caplog.records)

@@ -1,6 +1,6 @@
-"""bench/gpu_check.py without a GPU: one clear line and exit 2 for the device check, and its
-diagnose phase (bench/gpu_diagnose.py) run for real on ONNX Runtime's CPU provider, so that the
-code the next lent GPU runs has run here first. No timings are asserted: only the report's shape."""
+"""bench/gpu/check.py without a GPU: one clear line and exit 2 for the GPU run, and the whole check
+run for real in its --device cpu --smoke mode on the tiny models, so that the script the next lent GPU
+runs has run here first: every phase, the engine variants, resumption. No timings are asserted."""
 
 from __future__ import annotations
 
@@ -10,14 +10,12 @@ import sys
 
 import pytest
 
-from bench import gpu_diagnose
+from bench.gpu import diagnose
 from service.engine import cuda
-
-SKIP_ALL_BUT_DIAGNOSE = "export,raw,service,train,cli-train"
 
 
 def _check(*flags: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bench.gpu_check", *flags], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "bench.gpu.check", *flags], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.skipif(cuda.probe().usable, reason="this machine has a GPU: the check would run for minutes")
@@ -30,46 +28,56 @@ def test_gpu_check_degrades_clearly_without_a_gpu(tmp_path):
     assert not out.exists()
 
 
-def test_the_cpu_device_runs_only_the_diagnose_phase(tmp_path):
-    out = tmp_path / "gpu"
-    done = _check("--device", "cpu", "--out", str(out), "--skip", "export,train")
+def test_an_unknown_phase_is_refused_in_one_line(tmp_path):
+    done = _check("--device", "cpu", "--out", str(tmp_path / "gpu"), "--skip", "export,warp")
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "gpu-check: --device cpu runs only the diagnose phase; add --skip raw,service,cli-train"
+        "gpu-check: --skip names no phase warp; phases: export,raw,diagnose,decode,service,train,cli-train"
     ]
-    assert not out.exists()
 
 
-def test_diagnose_on_the_cpu_provider_reports_every_case_for_every_model(tiny_models_dir, tmp_path):
+def test_the_smoke_run_measures_every_phase_then_resumes_without_repeating_them(tiny_models_dir, tmp_path):
     out = tmp_path / "gpu"
-    done = _check("--device", "cpu", "--out", str(out), "--models", str(tiny_models_dir), "--skip", SKIP_ALL_BUT_DIAGNOSE,
-                  "--diagnose-models", "resnet18,resnet20", "--diagnose-seconds", "0.05", timeout=300)
+    flags = ("--device", "cpu", "--smoke", "--out", str(out), "--models", str(tiny_models_dir), "--skip", "export",
+             "--diagnose-models", "resnet20", "--service-models", "resnet18")  # fmt: skip
+    done = _check(*flags, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    assert results["errors"] == {} and set(results) >= {"meta", "diagnose", "seconds", "targets"}
-    diagnose = results["diagnose"]
-    assert diagnose["device"] == "cpu" and list(diagnose["models"]) == ["resnet18", "resnet20"]
-    cases = ["fixed", *gpu_diagnose.SUSPECTS]
-    for name, model in diagnose["models"].items():
-        assert model["providers"] == ["CPUExecutionProvider"]
-        assert list(model["cases"]) == cases, name
-        for case, r in model["cases"].items():
-            assert "error" not in r, (name, case, r)
-            assert r["runs"] >= gpu_diagnose.MIN_RUNS and r["images_per_s"] > 0 and r["x_fixed"] > 0
-            assert 0 < r["p50_ms"] <= r["p90_ms"] and min(r["copy_in_ms"], r["compute_ms"], r["copy_out_ms"]) >= 0
-        c = model["cases"]
-        assert c["fixed"]["x_fixed"] == 1.0
-        sizes = c["mixed"]["sizes"]
-        assert list(sizes) == [str(n) for n in gpu_diagnose.MIXED_CYCLE] and c["mixed"]["runs"] % len(sizes) == 0
-        assert all(s["rung"] == cuda.ladder_size(int(n)) and s["fixed_p50_ms"] > 0 for n, s in sizes.items())
-        assert c["mixed"]["x_same_sizes"] > 0
-        assert c["threads"]["distinct_threads"] == gpu_diagnose.THREADS
-        assert c["loaded"]["decode_threads"] >= 1 and c["loaded"]["decodes_per_s"] > 0
-        assert c["session"]["providers"] == ["CPUExecutionProvider"] and c["session"]["serving_x_default"] > 0
-        batcher = c["batcher"]
-        assert sum(batcher["batch_sizes"].values()) == batcher["runs"] and 1 <= batcher["mean_batch"] <= 128
-        assert set(model["slow"]) <= set(gpu_diagnose.SUSPECTS)
-        assert model["suspects"] == [gpu_diagnose.SUSPECTS[case] for case in model["slow"]]
+    assert results["errors"] == {}, results["errors"]
+    assert {"raw", "diagnose", "decode", "service", "service_variants"} <= set(results)
+    assert "export" not in results and "train" not in results  # skipped, and training only with --train
+    assert {p["batch"] for p in results["raw"]["points"]} == {1, 2, 4}
+    assert set(results["raw"]["sized_vs_plain_max_abs_diff"].values()) == {0.0}
+    assert results["decode"]["images_per_s"] > 0 and results["decode"]["threads"] >= 1
+    cases = results["diagnose"]["models"]["resnet20"]["cases"]
+    assert list(cases) == list(diagnose.CASES)
+    assert cases["graphs"] == {"skipped": "CUDA graphs need the CUDA provider"}
+    assert cases["old_ladder"]["shared"] and not cases["per_size"]["shared"] and cases["single_size"]["sizes"] == [8]
+    for case in ("old_ladder", "per_size", "single_size"):
+        cycle = cases[case]["cycle"]
+        assert cycle["batches"] >= 2 * len(results["diagnose"]["cycle"]) and cycle["images_per_s"] > 0
+        assert set(cycle["per_size"]) == {str(n) for n in results["diagnose"]["cycle"]}
+        assert 0 < cycle["cpu_over_wall"] and cases[case]["device_memory_mib"] is None
+    variants = results["service_variants"]
+    assert list(variants) == ["", "--cuda-sessions shared --cuda-batch-sizes 1,2,4,8,16,32,64,128"]
+    for run in variants.values():
+        assert {r["concurrency"] for r in run["service"]} == {1, 2} and all(r["images_per_s"] > 0 for r in run["service"])
+    assert "--sized-on-cpu" in variants[""]["command"]
+    assert "--cuda-batch-sizes 1,2,4,8" in variants["--cuda-sessions shared --cuda-batch-sizes 1,2,4,8,16,32,64,128"]["command"]
     table = (out / "table.md").read_text()
-    assert "## Diagnose" in table and "### resnet18 (" in table and "### resnet20 (" in table
-    assert sum(1 for path in out.rglob("*") if path.is_file()) <= 8  # the device returns 8 files at most
+    assert "## Diagnose" in table and "### resnet20" in table and "## JPEG-decode ceiling" in table
+    assert sum(1 for path in out.rglob("*") if path.is_file()) <= 7  # + log.txt: the device returns 8 files at most
+
+    again = _check(*flags, timeout=300)  # everything finished: a rerun measures nothing again
+    assert again.returncode == 0, again.stderr[-3000:]
+    skipped = [line for line in again.stderr.splitlines() if "done in an earlier run, skipped" in line]
+    assert len(skipped) == 5, again.stderr  # raw, diagnose, decode and both service variants
+    rerun = json.loads((out / "results.json").read_text())
+    assert rerun["meta"]["runs"] == 2 and rerun["raw"] == results["raw"]
+
+
+def test_a_spent_budget_starts_no_phase(tmp_path):
+    done = _check("--device", "cpu", "--out", str(tmp_path / "gpu"), "--budget-s", "-1")
+    assert done.returncode == 0, done.stderr
+    assert "export: not started, past --budget-s -1" in done.stderr and "raw" not in done.stderr
+    assert set(json.loads((tmp_path / "gpu" / "results.json").read_text())) >= {"meta", "errors", "targets"}

@@ -105,13 +105,14 @@ def test_models_are_described(server, references):
         card = references[info["name"]].card
         assert list(info) == [
             "name", "arch", "depth", "num_classes", "input_size", "resize_size", "mean", "std", "interpolation",
-            "precision", "providers", "source_sha256", "val_top1", "val_top5", "exported_at", "default",
+            "precision", "providers", "source_sha256", "val_top1", "val_top5", "exported_at", "default", "device_memory_bytes",
         ]  # fmt: skip
         assert (info["arch"], info["depth"], info["num_classes"]) == (card.arch, card.depth, card.num_classes)
         assert (info["input_size"], info["precision"], info["source_sha256"]) == (
             card.preprocessing.input_size, card.precision, card.source_sha256)  # fmt: skip
         assert (info["val_top1"], info["val_top5"]) == (card.val_top1, card.val_top5)
         assert info["providers"] and info["default"] == (info["name"] == "resnet18")
+        assert info["device_memory_bytes"] is None  # a GPU figure: null on the CPU provider
     detail = httpx.get(server.url + "/models/resnet18").json()
     card = references["resnet18"].card
     assert detail["classes"][0] == {"class_index": 0, "class_id": card.class_ids[0], "label": card.class_names[0]}

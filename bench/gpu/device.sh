@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs on the lent GPU machine (docs/gpu.md). Two calls, made back to back while the machine is warm:
-#   bash .gpu/b/repo/deploy/gpu/device.sh stage .gpu/a     # call 1: keep the first chunk in /tmp
-#   bash .gpu/b/repo/deploy/gpu/device.sh run .gpu/b [gpu_check flags]   # call 2: unpack, install, run the check
+#   bash .gpu/b/repo/bench/gpu/device.sh stage .gpu/a     # call 1: keep the first chunk in /tmp
+#   bash .gpu/b/repo/bench/gpu/device.sh run .gpu/b [check flags]   # call 2: unpack, install, run the check
+# A rerun of call 2 on the same warm machine skips the unpacking and the phases that finished
+# (bench/gpu/check.py keeps its results in /tmp/gpu-out and copies them to $OUT at the end).
+# CHECK_TIMEOUT (seconds, default 300) bounds the check, so the copy to $OUT always happens.
 set -uo pipefail
 STAGE=/tmp/gpu-stage
 SITE=/tmp/gpu-site
@@ -14,11 +17,14 @@ stage)
 run)
     SRC=$(cd "$2" && pwd)
     cp "$SRC"/ort.tar.zst.* "$STAGE"/
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$SRC"/wheels/*.whl || exit 1
+    RUN_OUT=/tmp/gpu-out
+    mkdir -p "$RUN_OUT"
+    [ -d "$SITE/onnxruntime" ] && [ -d "$SITE/litestar" ] && UNPACKED=1 || UNPACKED=0
+    [ "$UNPACKED" = 1 ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$SRC"/wheels/*.whl || exit 1
     # photos/: the bench photos as skimage/data (pack.sh), for bench/photos.py and the diagnose phase.
     export PYTHONPATH="$SITE:$SRC/repo:$SRC/photos"
-    # onnxruntime-gpu, slimmed to sm_90 by deploy/gpu/slim_ort.py, shadows the image's CPU onnxruntime.
-    python3 - "$STAGE" "$SITE" <<'PY' || exit 1
+    # onnxruntime-gpu, slimmed to sm_90 by bench/gpu/slim_ort.py, shadows the image's CPU onnxruntime.
+    [ "$UNPACKED" = 1 ] || python3 - "$STAGE" "$SITE" <<'PY' || exit 1
 import sys, tarfile, glob, zstandard
 stage, site = sys.argv[1:]
 class Chunks:  # the split parts, read as one stream
@@ -37,6 +43,8 @@ PY
     NV=$(python3 -c "import nvidia, os; print(os.path.dirname(nvidia.__path__[0]))" 2>/dev/null)/nvidia
     export LD_LIBRARY_PATH=$(find "$NV" -name 'lib*.so*' -printf '%h\n' 2>/dev/null | sort -u | paste -sd:):${LD_LIBRARY_PATH:-}
     python3 -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.__file__, o.get_available_providers())"
-    cd "$SRC/repo" && PYTHONUNBUFFERED=1 python3 -m bench.gpu_check --out "$OUT" --models /tmp/gpu-models "${@:3}" 2>&1 | tee "$OUT/log.txt"
+    cd "$SRC/repo" && PYTHONUNBUFFERED=1 timeout -k 10 "${CHECK_TIMEOUT:-300}" \
+        python3 -m bench.gpu.check --out "$RUN_OUT" --models /tmp/gpu-models "${@:3}" 2>&1 | tee -a "$RUN_OUT/log.txt"
+    cp -r "$RUN_OUT"/. "$OUT"/
     ;;
 esac

@@ -8,9 +8,9 @@ same decompressed size: the smallest cubin of that architecture in the file, pad
 valid ELF, so tools that parse every entry, cuobjdump say, still work), zstd-compressed to a few
 hundred bytes. Only the compressed-size field changes: the file keeps its layout (no relinking, every
 offset stays valid) and the dropped bytes compress to nothing. It also leaves out the TensorRT provider. The result, a tar.zst of the `onnxruntime` package, is what
-deploy/gpu/device.sh unpacks on the device.
+bench/gpu/device.sh unpacks on the device.
 
-    python deploy/gpu/slim_ort.py onnxruntime_gpu-1.31.1-cp312-*.whl --arch 90 --out ort-sm90.tar.zst
+    python bench/gpu/slim_ort.py onnxruntime_gpu-1.31.1-cp312-*.whl --arch 90 --out ort-sm90.tar.zst
 """
 
 from __future__ import annotations

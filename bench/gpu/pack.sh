@@ -3,7 +3,7 @@
 # The device tool sends the lead's checkout plus carried ignored folders, at most 64 MiB per call, so:
 #   DEST/a/  ort.tar.zst.aa                       (call 1: the first 60 MiB of the slimmed onnxruntime-gpu)
 #   DEST/b/  ort.tar.zst.ab, wheels/, repo/, photos/   (call 2: the rest, the code, the photos)
-# Usage: deploy/gpu/pack.sh DEST [BRANCH]   (run from the repository; needs pip, zstd, readelf;
+# Usage: bench/gpu/pack.sh DEST [BRANCH]   (run from the repository; needs pip, zstd, readelf;
 #        PYTHON: a python with the bench extra, for bench/photos.py; IMAGES=DIR overrides the photos)
 set -euo pipefail
 DEST=${1:?usage: pack.sh DEST [BRANCH]}
@@ -22,7 +22,7 @@ mkdir -p "$WORK/ort" "$WORK/wheels"
 $PY -m pip download -q $PLAT -d "$WORK/wheels" litestar==2.25.0 litestar-htmx==0.5.0 msgspec==0.22.0 \
     multipart==2.0.1 uvicorn==0.54.0 polyfactory==3.5.0 rich-click==1.9.9 faker==40.63.0 sniffio==1.3.1 zstandard==0.25.0 \
     prometheus-client==0.26.0 tqdm==4.70.1
-[ -f "$WORK/ort.tar.zst" ] || $PY "$REPO/deploy/gpu/slim_ort.py" "$WORK"/ort/onnxruntime_gpu-1.31.1-*.whl --arch 90 --out "$WORK/ort.tar.zst"
+[ -f "$WORK/ort.tar.zst" ] || $PY "$REPO/bench/gpu/slim_ort.py" "$WORK"/ort/onnxruntime_gpu-1.31.1-*.whl --arch 90 --out "$WORK/ort.tar.zst"
 rm -rf "$DEST/a" "$DEST/b"
 mkdir -p "$DEST/a" "$DEST/b/repo" "$DEST/b/photos/skimage/data"
 split -b 60M "$WORK/ort.tar.zst" "$WORK/ort.tar.zst."
