@@ -138,13 +138,11 @@ serve-imagenet: imagenet-models $(if $(IMAGENET_VAL),$(IMAGENET_MODELS)/cascade.
 finetune-compare: | install
 	OMP_NUM_THREADS=1 $(BIN)/python -m bench.finetune --out results/finetune --image-size 16 --steps 90 --source-steps 150
 
-# --- issue 16: the service's own cost per image (docs/performance-per-image.md) ---
-# prepare's CPU per image before/after, then the service against raw ONNX Runtime at 8 clients on the
-# bench's 224x224 models (built into $(RESULTS)/models on first use), 3 interleaved rounds.
+# --- the service's own cost per image (docs/performance-per-image.md) ----------------------------
+# The service against raw ONNX Runtime at 8 clients on the bench's 224x224 models (built into
+# $(RESULTS)/models on first use), 3 interleaved rounds.
 .PHONY: bench-per-image
 bench-per-image: install
-	$(BIN)/python -m bench.payloads $(RESULTS)/payloads
-	$(BIN)/python -m bench.prepare_cost $(RESULTS)/payloads --repeats 40
 	$(BIN)/python -m bench.models $(RESULTS)/models
 	$(BIN)/resnet-bench --models $(RESULTS)/models --only resnet18,resnet18-int8,resnet152 --rounds 3 \
 		--out $(RESULTS)/per-image

@@ -2,10 +2,8 @@
 
 It runs in its own process (resnet-bench starts it), so its CPU shows up apart from the service's,
 and it reports that CPU (`client_cpu_cores`): on a 2-core box the client competes with the server.
-It speaks HTTP/1.1 keep-alive directly on asyncio streams rather than through httpx: on the dev box
-httpx's AsyncClient cost 1.2-1.4 ms of client CPU per request and this client 0.17-0.19 ms
-(`python -m bench.client_cost`), which at a few hundred requests per second is the difference
-between a third of a core taken from the service and a few percent.
+It speaks HTTP/1.1 keep-alive directly on asyncio streams, a fraction of httpx's client CPU per
+request (docs/performance.md).
 
 Warm-up requests are sent and thrown away; then every answer that arrives inside the measured window
 counts, and requests still in flight when the window closes are finished but not counted. /metrics is
