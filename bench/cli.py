@@ -48,8 +48,8 @@ def say(message: str, started: float = time.monotonic()) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the resnet-bench console script."""
-    if (sys.argv[1:] if argv is None else argv)[:1] == ["scenario"]:  # issue 12's named scenarios
-        from bench import scenarios
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["scenario"]:  # the named robustness scenarios
+        from bench.scenarios import cli as scenarios
 
         return scenarios.main((sys.argv[1:] if argv is None else argv)[1:])
     try:

@@ -1,7 +1,6 @@
-"""The service against raw ONNX Runtime at modest load (issue 16): `resnet-bench --rounds N`.
+"""The service against raw ONNX Runtime at modest load: `resnet-bench --rounds N`.
 
     resnet-bench --models results/models --only resnet18,resnet18-int8,resnet152 --rounds 3
-    python -m bench.ratio --models results/models --rounds 3       # the same, without resnet-bench
 
 For each model, N rounds; each round times raw ONNX Runtime and then the service, back to back, so
 that whatever else shares the machine weighs on both alike:
@@ -22,7 +21,6 @@ The table gives the median over rounds of each, and the ratio of the medians.
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,8 +35,8 @@ from artifact import preprocess
 from service import runtime
 from service.config import ServeConfig
 
-BATCHES = (1, 2, 4, 8, 16, 32)  # the issue's "best batch from 1 to 32"
-RATIO_PAYLOAD = "photo"  # the 500x375 JPEGs the issue's figures use
+BATCHES = (1, 2, 4, 8, 16, 32)  # the reference is raw ORT's best batch from 1 to 32
+RATIO_PAYLOAD = "photo"  # the 500x375 JPEGs of docs/performance-per-image.md
 
 
 @dataclass(frozen=True)
@@ -161,8 +159,3 @@ def table(rows: list[dict], concurrency: int) -> str:
                      f"{r['server_cpu_cores']} | {r['client_cpu_cores']} | {r['mean_batch']} |")
     return "\n".join(lines)
 
-
-if __name__ == "__main__":
-    from bench.cli import main
-
-    sys.exit(main(["--rounds", "3", *sys.argv[1:]] if "--rounds" not in sys.argv else sys.argv[1:]))

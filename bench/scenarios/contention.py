@@ -1,42 +1,16 @@
-"""Named robustness scenarios of issue 12, each against a fresh resnet-serve: results as JSON.
-
-    resnet-bench scenario two-models --models models --out results/scenarios
-    resnet-bench scenario two-models --models models -- --intra-op-threads 2   # flags for resnet-serve
-    resnet-bench scenario slow-clients --models models
-    resnet-bench scenario soak --models models --duration-s 600 --clients 24
-    resnet-bench scenario faults --models models     # replaces resnet18/model.onnx for a moment
-
-two-models: each model's solo throughput (concurrency 16), then both at once; the mixed total
-  against the time-shared ideal (sum over models of images / solo throughput, over the window);
-  and one resnet18 client's p50 alone and while 32 clients flood resnet152 (issue 12: <= 3x).
-slow-clients: resnet18 throughput at concurrency 8, alone and beside 200 connections that are idle,
-  send their headers a byte a second, or trickle a body a byte a second; and the server's RSS.
-soak: both models at saturation with single, multipart, 12 MP and corrupt uploads; every status
-  counted, the server's RSS, threads and open files sampled each second, the RSS curve as a PNG.
-faults: a model file replaced on disk while serving (same answers), SIGTERM under 32 closed-loop clients (each
-  answered or refused cleanly), kill -9 under load, then a restart (ready, serving).
-
-Flags after `--` go to resnet-serve. Everything runs on this machine: the load generators compete
-with the service for its cores, and so does anything else running (say so next to the numbers).
-"""
+"""The two-models and slow-clients scenarios of resnet-bench (bench/scenarios/cli.py): the service
+beside other load, another model's flood or connections that hold it up."""
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import socket
-import sys
 import threading
 import time
-from pathlib import Path
 
-from bench import payloads as payload_files
 from bench import servers
-from bench.faults import faults
-from bench.soak import rss_mb, soak, threads_fds
+from bench.scenarios.soak import rss_mb, threads_fds
 
-FLOOD = 32  # clients flooding resnet152 while one resnet18 client is timed (issue 12)
+FLOOD = 32  # clients flooding resnet152 while one resnet18 client is timed
 
 
 def _load(url, model, files, concurrency, warmup_s, duration_s, pid) -> dict:
@@ -55,6 +29,7 @@ def _together(*runs) -> list[dict]:
 
 
 def two_models(server, files, args) -> dict:
+    """Each model solo, then both at once; one resnet18 client alone and under a resnet152 flood."""
     url, pid, w, d = server.url, server.pid, args.warmup_s, args.duration_s
     solo = {m: _load(url, m, files, 16, w, d, pid) for m in ("resnet18", "resnet152")}
     mixed = _together((url, "resnet18", files, 16, w, d, pid), (url, "resnet152", files, 16, w, d, pid))
@@ -117,6 +92,7 @@ class SlowClients:
 
 
 def slow_clients(server, files, args) -> dict:
+    """resnet18 throughput alone and beside 200 slow connections; the server's RSS, threads and files."""
     url, pid, w, d = server.url, server.pid, args.warmup_s, args.duration_s
     before = _load(url, "resnet18", files, 8, w, d, pid)
     rss_before = rss_mb(pid)
@@ -130,35 +106,3 @@ def slow_clients(server, files, args) -> dict:
         "slow_connections_cut": slow.cut, "rss_mb_before": rss_before, "rss_mb_during": rss_during,
         "server_threads_during": threads, "server_fds_during": fds, "errors": [before["errors"], during["errors"]],
     }  # fmt: skip
-
-
-SCENARIOS = {"two-models": two_models, "slow-clients": slow_clients, "soak": soak, "faults": faults}
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    serve_args = argv[argv.index("--") + 1 :] if "--" in argv else []
-    parser = argparse.ArgumentParser(prog="resnet-bench scenario", description=__doc__.split("\n")[0])
-    parser.add_argument("scenario", choices=sorted(SCENARIOS))
-    parser.add_argument("--models", type=Path, required=True, help="folder with resnet18/ and resnet152/")
-    parser.add_argument("--out", type=Path, default=Path("results/scenarios"))
-    parser.add_argument("--warmup-s", type=float, default=2.0)
-    parser.add_argument("--duration-s", type=float, default=10.0)
-    parser.add_argument("--clients", type=int, default=24, help="soak: concurrent clients over both models")
-    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
-    args.serve_args = serve_args
-    args.out.mkdir(parents=True, exist_ok=True)
-    files = payload_files.build(args.out / "payloads", ("photo",))["photo"]
-    with servers.start_service(args.models, "resnet18", tuple(serve_args), args.out) as server:
-        started = time.time()
-        result = SCENARIOS[args.scenario](server, files, args)
-    result = {"scenario": args.scenario, "serve_args": serve_args, "load_average_1m": os.getloadavg()[0],
-              "started": started, "command": " ".join(["resnet-bench scenario", *argv]), **result}  # fmt: skip
-    name = args.scenario + ("-" + "-".join(a.lstrip("-") for a in serve_args) if serve_args else "")
-    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""The faults scenario of resnet-bench (bench/scenarios.py): a model file replaced while serving,
+"""The faults scenario of resnet-bench (bench/scenarios/cli.py): a model file replaced while serving,
 SIGTERM under load, kill -9 under load and a restart.
 
 SIGTERM under load is 32 closed-loop clients on resnet18, half on kept-alive connections and half

@@ -1,4 +1,4 @@
-"""The soak scenario of resnet-bench (bench/scenarios.py): both models at saturation for a long
+"""The soak scenario of resnet-bench (bench/scenarios/cli.py): both models at saturation for a long
 while, every answer counted, the server's memory, threads and open files sampled each second."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The cascade scenario: model=auto against its ladder's shallowest and deepest rungs, on labelled images.
 
-    python -m bench.cascade --models models --data synthetic --out results/cascade
-    python -m bench.cascade --models models --data /data/imagenet --budget-ms 1000 --concurrency 1,16,64
+    resnet-bench scenario cascade --models models --data synthetic --out results/cascade
+    resnet-bench scenario cascade --models models --data /data/imagenet --budget-ms 1000 --concurrency 1,16,64
 
 Starts resnet-serve on --models (flags after `--` go to it), then runs closed-loop load at each
 concurrency for four targets: the shallowest rung alone, the deepest alone, `auto`, and `auto` with
@@ -96,10 +96,10 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m bench.cascade: start the service, run the scenario, write cascade.json and cascade.md."""
+    """resnet-bench scenario cascade: start the service, run the scenario, write cascade.json and cascade.md."""
     argv = sys.argv[1:] if argv is None else argv
     own, serve_args = (argv[: argv.index("--")], tuple(argv[argv.index("--") + 1 :])) if "--" in argv else (argv, ())
-    parser = argparse.ArgumentParser(prog="python -m bench.cascade", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="resnet-bench scenario cascade", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=Path, required=True)
     parser.add_argument("--data", default="synthetic", help="'synthetic' or an ImageNet-style folder (its val/)")
     parser.add_argument("--images", type=int, default=2000, help="labelled images posted in turn")
@@ -137,10 +137,10 @@ def main(argv: list[str] | None = None) -> int:
                                                   args.warmup_s, args.duration_s))  # fmt: skip
                 rows.append({"target": name, "concurrency": concurrency,
                              **summarise(answers, args.duration_s, depths)})  # fmt: skip
-                print(f"bench.cascade: {name} at {concurrency} ({time.monotonic() - started:.0f} s)", file=sys.stderr)
+                print(f"resnet-bench scenario cascade: {name} at {concurrency} ({time.monotonic() - started:.0f} s)", file=sys.stderr)
     finally:
         service.stop()
-    result = {"command": "python -m bench.cascade " + " ".join(argv), "auto": listing["auto"],
+    result = {"command": "resnet-bench scenario cascade " + " ".join(argv), "auto": listing["auto"],
               "ladder": listing["ladder"], "rows": rows}  # fmt: skip
     write_atomically(args.out / "cascade.json", lambda f: f.write(json.dumps(result, indent=1).encode()))
     text = table(rows)
