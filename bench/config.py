@@ -16,7 +16,7 @@ class BenchError(cliconfig.UsageError):
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """One benchmark run; the defaults are the issue's (concurrency 1/4/16/64, both payloads)."""
+    """One benchmark run; the defaults are the full sweep of docs/performance.md."""
 
     models: Path | None = None  # folder written by resnet-export; None: the bench's own 224x224 models
     url: str | None = None  # a running service to measure; None: start resnet-serve on `models`
@@ -30,7 +30,7 @@ class BenchConfig:
     baseline: bool = True  # also measure the PyTorch eager baseline (fp32 models only)
     baseline_concurrency: tuple[int, ...] = (1, 4)  # levels for the baseline, which serves one at a time
     serve_args: tuple[str, ...] = ()  # extra resnet-serve flags, e.g. ("--max-batch-size", "16")
-    rounds: int = 0  # 0: the full sweep; N: issue 16's service-vs-raw-ORT measurement, N rounds (bench.ratio)
+    rounds: int = 0  # 0: the full sweep; N: the service against raw ORT at modest load, N rounds (bench.ratio)
 
     def __post_init__(self) -> None:
         for name in ("concurrency", "baseline_concurrency"):

@@ -1,4 +1,4 @@
-"""Fine-tuning against training from scratch, on a small folder of real photographs (issue 17).
+"""Fine-tuning against training from scratch, on a small folder of real photographs (docs/finetuning.md).
 
     OMP_NUM_THREADS=1 python -m bench.finetune --out results/finetune --image-size 16 --steps 90 --source-steps 150
     python -m bench.finetune --write-photos data/photos       # only write the photo folder, then exit

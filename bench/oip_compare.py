@@ -1,6 +1,6 @@
 """The Open Inference Protocol's cost against /classify: the same images, the same model, one server.
 
-Issue 11's target: through /v2/models/{name}/infer (binary framing, image bytes in, top-5
+The target (TARGET; results in docs/oip.md): through /v2/models/{name}/infer (binary framing, image bytes in, top-5
 classification out) the service keeps at least 95% of /classify's throughput at concurrency 16,
 for resnet18 fp32 at 224 px (a deep model would hide the overhead). Rounds alternate the two
 protocols against one resnet-serve process, so drift in the machine's load hits both alike; the
@@ -23,7 +23,7 @@ from pathlib import Path
 from artifact import write_atomically
 from bench import oip, payloads, servers
 
-TARGET = 0.95  # OIP throughput / /classify throughput, at least (issue 11)
+TARGET = 0.95  # OIP throughput / /classify throughput, at least
 MODEL = "resnet18"
 
 

@@ -41,7 +41,7 @@ class PrecisionBenchConfig:
 
     checkpoints: tuple[Path, ...]  # resnet-train checkpoints, each exported in every precision
     out: Path = Path("results/export-bench")  # models folder for the exports and benchmark.json
-    batches: tuple[int, ...] = (1, 8)  # batch sizes measured (issue 3: 1 and 8)
+    batches: tuple[int, ...] = (1, 8)  # batch sizes measured: one request alone, and a served batch
     rounds: int = 5  # interleaved measuring rounds; the median is reported
     seconds: float = 2.0  # wall time per model, batch size and round
     threads: int = 0  # ONNX Runtime intra-op threads; 0 = one per available CPU, as resnet-serve
