@@ -1,8 +1,8 @@
 """The Open Inference Protocol's cost against /classify: the same images, the same model, one server.
 
-The target (TARGET; results in docs/oip.md): through /v2/models/{name}/infer (binary framing, image bytes in, top-5
-classification out) the service keeps at least 95% of /classify's throughput at concurrency 16,
-for resnet18 fp32 at 224 px (a deep model would hide the overhead). Rounds alternate the two
+The target (TARGET; results in docs/oip.md): through /v2/models/{name}/infer (binary framing, image
+bytes in, top-5 classification out) the service keeps at least 95% of /classify's throughput at
+concurrency 16, for resnet18 fp32 at 224 px (a deep model would hide the overhead). Rounds alternate the two
 protocols against one resnet-serve process, so drift in the machine's load hits both alike; the
 table gives each protocol's mean and range over the rounds and the ratio of the means.
 
