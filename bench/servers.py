@@ -56,7 +56,7 @@ def _python_module(module: str) -> list[str]:
     return [sys.executable, "-m", module]
 
 
-def _start(command: list[str], log_path: Path, port: int) -> Process:
+def _start(command: list[str], log_path: Path, port: int, headers: tuple[str, ...] = ()) -> Process:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log_path, "wb") as log:
@@ -68,7 +68,7 @@ def _start(command: list[str], log_path: Path, port: int) -> Process:
             tail = log_path.read_text(errors="replace")[-2000:]
             raise RuntimeError(f"{' '.join(command[:3])} exited with {process.returncode}:\n{tail}")
         try:
-            with urllib.request.urlopen(server.url + "/health/ready", timeout=2) as answer:
+            with urllib.request.urlopen(ready_request(server.url, headers), timeout=2) as answer:
                 if answer.status == 200:
                     return server
         except (urllib.error.URLError, OSError):
@@ -78,12 +78,19 @@ def _start(command: list[str], log_path: Path, port: int) -> Process:
     raise RuntimeError(f"{' '.join(command[:3])} was not ready within {READY_TIMEOUT_S:.0f} s; log: {log_path}")
 
 
-def start_service(models: Path, default_model: str, serve_args: tuple[str, ...], log_dir: Path) -> Process:
-    """resnet-serve on a free port, waited on until /health/ready says 200."""
+def ready_request(url: str, headers: tuple[str, ...] = ()) -> urllib.request.Request:
+    """GET /health/ready with the bench's extra "Name: value" headers."""
+    fields = (header.split(":", 1) for header in headers)
+    return urllib.request.Request(url + "/health/ready", headers={name.strip(): value.strip() for name, value in fields})
+
+
+def start_service(models: Path, default_model: str, serve_args: tuple[str, ...], log_dir: Path,
+                  headers: tuple[str, ...] = ()) -> Process:
+    """resnet-serve on a free port, waited on until /health/ready says 200 (asked with `headers`)."""
     port = free_port()
     command = [*_python_module("service.cli"), "--models", str(models), "--port", str(port),
                "--default-model", default_model, "--log-level", "warning", *serve_args]
-    return _start(command, log_dir / "resnet-serve.log", port)
+    return _start(command, log_dir / "resnet-serve.log", port, headers)
 
 
 def start_baseline(model_file: Path, threads: int, log_dir: Path) -> Process:
@@ -94,11 +101,14 @@ def start_baseline(model_file: Path, threads: int, log_dir: Path) -> Process:
 
 
 def run_load(url: str, path: str, payloads: list[Path], concurrency: int, warmup_s: float, duration_s: float,
-             server_pid: int | None, metrics: bool = True, protocol: str = "classify") -> dict:
+             server_pid: int | None, metrics: bool = True, protocol: str = "classify", input_name: str = "input",
+             headers: tuple[str, ...] = ()) -> dict:
     """One closed-loop run in its own process (bench.load); its result as a dict."""
     command = [*_python_module("bench.load"), "--url", url, "--path", path, "--concurrency", str(concurrency),
-               "--warmup-s", str(warmup_s), "--duration-s", str(duration_s), "--protocol", protocol]
+               "--warmup-s", str(warmup_s), "--duration-s", str(duration_s), "--protocol", protocol,
+               "--input-name", input_name]
     command += [arg for p in payloads for arg in ("--payload", str(p))]
+    command += [arg for header in headers for arg in ("--header", header)]
     if server_pid is not None:
         command += ["--server-pid", str(server_pid)]
     if not metrics:
