@@ -64,10 +64,11 @@ models: $(MODELS)/resnet18/model.onnx $(MODELS)/resnet152/model.onnx
 serve: models
 	$(BIN)/resnet-serve --models $(MODELS) --host $(HOST) --port $(PORT)
 
-# owner: bench. The issue's targets are for 224x224 networks: the first run builds resnet18 and
+# owner: bench. The bench's targets are for 224x224 networks: the first run builds resnet18 and
 # resnet152, fp32 and int8, with random weights (speed only) into $(RESULTS)/models, then measures
-# (10.5 min measured on the idle 2-core box with the models built; building them first adds the
-# exports of docs/export.md). Run it on an idle machine. Another models folder:
+# (10.5 min measured on the idle 2-core box with the models built and the two JPEG payloads; the
+# pixels payload adds its own levels, and building the models first adds the exports of
+# docs/export.md). Run it on an idle machine. Another models folder:
 #   make bench BENCH_FLAGS="--models models --out results/default-models"
 # Flags after `--` in BENCH_FLAGS go to resnet-serve, e.g. BENCH_FLAGS="-- --max-batch-size 16".
 RESULTS ?= results
