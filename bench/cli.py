@@ -30,7 +30,7 @@ from pathlib import Path
 
 import cliconfig
 from artifact import git_commit, write_atomically
-from bench import oip, raw, ratio, report, servers
+from bench import raw, ratio, report, servers
 from bench import payloads as payload_files
 from bench.config import BenchConfig, BenchError, parse
 from bench.machine import cpu_name
@@ -93,7 +93,7 @@ def run(config: BenchConfig, command: str = "resnet-bench") -> dict:
     load = os.getloadavg()[0]
     if load > BUSY_LOAD:
         say(f"warning: 1-minute load average is {load:.2f} (> {BUSY_LOAD}): other work shares the cores")
-    files = _jpegs(out / "payloads", config.payloads)
+    files = payload_files.jpegs_for(out / "payloads", config.payloads)
 
     cards, decode_ms, raw_points, pixels = {}, {}, [], {}
     while chosen:
@@ -160,10 +160,10 @@ def _ratio_run(config: BenchConfig, command: str) -> dict:
             model = load_model(path, serving)
             pixels = payload_files.pixels(config.out / "payloads", files, name, model.card.preprocessing,
                                           model.input_dtype, serving.max_pixels)
-            requests[name] = _request("pixels", name, pixels, model.card.input_name, config.headers)
+            requests[name] = servers.load_request("pixels", name, pixels, model.card.input_name, config.headers)
         else:
-            requests[name] = _request(payload, name, files, "", config.headers)
-    served = _subset(config.out / "logs" / "served-models", list(chosen.values()))
+            requests[name] = servers.load_request(payload, name, files, "", config.headers)
+    served = servers.served_subset(config.out / "logs" / "served-models", list(chosen.values()))
     say(f"starting resnet-serve on {served} {' '.join(config.serve_args)}".rstrip())
     server = servers.start_service(served, next(iter(chosen)), config.serve_args, config.out / "logs", config.headers)
     try:
@@ -195,27 +195,12 @@ def _models(config: BenchConfig) -> tuple[Path, dict]:
     return folder, models.build(folder, log=say)
 
 
-def _jpegs(folder: Path, kinds: tuple[str, ...]) -> dict[str, list[Path]]:
-    """The JPEG payloads asked for, and the ones the pixels payload is made from."""
-    wanted = {kind for kind in kinds if kind in payload_files.JPEGS}
-    if "pixels" in kinds:
-        wanted.add(payload_files.PIXELS_FROM)
-    return payload_files.build(folder, [kind for kind in payload_files.JPEGS if kind in wanted])
-
-
-def _request(kind: str, model: str, files: list[Path], input_name: str, headers: tuple[str, ...]) -> dict:
-    """servers.run_load's arguments for one payload kind and model: route, files, protocol, headers."""
-    if kind == "pixels":  # the model's own input tensor, which only the Open Inference Protocol takes
-        return {"path": oip.path(model), "payloads": files, "protocol": "oip-pixels", "input_name": input_name,
-                "headers": headers}
-    return {"path": f"/classify?model={model}", "payloads": files, "headers": headers}
-
-
 def _service_runs(config: BenchConfig, models_dir: Path, cards: dict, files: dict, pixels: dict) -> list[dict]:
     levels = [(m, k, c) for m in cards for k in config.payloads for c in config.concurrency]
     if config.url is None:
         if config.only:  # serve only the measured models: less memory, a shorter warm-up
-            models_dir = _subset(config.out / "logs" / "served-models", [Path(c["file"]) for c in cards.values()])
+            models_dir = servers.served_subset(config.out / "logs" / "served-models",
+                                               [Path(c["file"]) for c in cards.values()])
         say(f"starting resnet-serve on {models_dir} {' '.join(config.serve_args)}".rstrip())
         server = servers.start_service(models_dir, next(iter(cards)), config.serve_args, config.out / "logs",
                                        config.headers)
@@ -227,7 +212,7 @@ def _service_runs(config: BenchConfig, models_dir: Path, cards: dict, files: dic
     runs = []
     try:
         for index, (model, kind, concurrency) in enumerate(levels, 1):
-            request = _request(kind, model, pixels[model] if kind == "pixels" else files[kind],
+            request = servers.load_request(kind, model, pixels[model] if kind == "pixels" else files[kind],
                                cards[model]["input_name"], config.headers)
             result = servers.run_load(url, concurrency=concurrency, warmup_s=config.warmup_s,
                                       duration_s=config.duration_s, server_pid=pid, **request)
@@ -237,17 +222,6 @@ def _service_runs(config: BenchConfig, models_dir: Path, cards: dict, files: dic
         if server is not None:
             server.stop()
     return runs
-
-
-def _subset(folder: Path, model_files: list[Path]) -> Path:
-    """A models folder of symlinks to just these models' folders."""
-    if folder.exists():
-        for link in folder.iterdir():
-            link.unlink()
-    folder.mkdir(parents=True, exist_ok=True)
-    for path in model_files:
-        (folder / path.parent.name).symlink_to(path.parent.resolve(), target_is_directory=True)
-    return folder
 
 
 def _baseline_runs(config: BenchConfig, cards: dict, files: dict, serving) -> list[dict]:

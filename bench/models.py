@@ -2,9 +2,9 @@
 
 The default models (`make models`) are trained at a small input size; the bench's targets
 (bench/report.py) are for 224x224 networks, and ImageNet data and published weights cannot be
-fetched here. So the bench builds each network with random weights (zero-init residual, so activations stay tame) into a real
-checkpoint on the synthetic set rendered for 224x224 preprocessing, and exports it with
-resnet-export. Speed does not depend on weight values; every output labels these models
+fetched here. So the bench builds each network with random weights (zero-init residual, so
+activations stay tame) into a real checkpoint on the synthetic set rendered for 224x224
+preprocessing, and exports it with resnet-export. Speed does not depend on weight values; every output labels these models
 "random weights, speed only". (Ten synthetic classes instead of 1000 change the final layer by
 2048x990 multiply-adds, under 0.1% of resnet152's and resnet18's work.)
 

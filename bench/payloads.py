@@ -58,6 +58,14 @@ def build(out: Path, kinds=JPEGS, images: Path | None = None) -> dict[str, list[
     return files
 
 
+def jpegs_for(folder: Path, kinds: tuple[str, ...]) -> dict[str, list[Path]]:
+    """The JPEG payloads asked for, and the ones the pixels payload is made from."""
+    wanted = {kind for kind in kinds if kind in JPEGS}
+    if "pixels" in kinds:
+        wanted.add(PIXELS_FROM)
+    return build(folder, [kind for kind in JPEGS if kind in wanted])
+
+
 def pixels(out: Path, jpegs: list[Path], model: str, prep: Preprocessing, dtype, max_pixels: int) -> list[Path]:
     """Write out/pixels-<model>-<n>.npy: each JPEG as one image of the model's input (no batch axis),
     made as the service makes it from the same file; the files, in the JPEGs' order."""

@@ -14,6 +14,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import oip
+
 READY_TIMEOUT_S = 300.0  # resnet152 fp32 + int8 warm-up at every batch shape takes a while on 2 busy cores
 
 
@@ -81,7 +83,8 @@ def _start(command: list[str], log_path: Path, port: int, headers: tuple[str, ..
 def ready_request(url: str, headers: tuple[str, ...] = ()) -> urllib.request.Request:
     """GET /health/ready with the bench's extra "Name: value" headers."""
     fields = (header.split(":", 1) for header in headers)
-    return urllib.request.Request(url + "/health/ready", headers={name.strip(): value.strip() for name, value in fields})
+    return urllib.request.Request(url + "/health/ready",
+                                  headers={name.strip(): value.strip() for name, value in fields})
 
 
 def start_service(models: Path, default_model: str, serve_args: tuple[str, ...], log_dir: Path,
@@ -98,6 +101,25 @@ def start_baseline(model_file: Path, threads: int, log_dir: Path) -> Process:
     port = free_port()
     command = [*_python_module("bench.baseline"), "--model", str(model_file), "--port", str(port), "--threads", str(threads)]
     return _start(command, log_dir / f"baseline-{model_file.parent.name}.log", port)
+
+
+def load_request(kind: str, model: str, files: list[Path], input_name: str, headers: tuple[str, ...]) -> dict:
+    """run_load's arguments for one payload kind and model: route, files, protocol, headers."""
+    if kind == "pixels":  # the model's own input tensor, which only the Open Inference Protocol takes
+        return {"path": oip.path(model), "payloads": files, "protocol": "oip-pixels", "input_name": input_name,
+                "headers": headers}
+    return {"path": f"/classify?model={model}", "payloads": files, "headers": headers}
+
+
+def served_subset(folder: Path, model_files: list[Path]) -> Path:
+    """A models folder of symlinks to just these models' folders."""
+    if folder.exists():
+        for link in folder.iterdir():
+            link.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in model_files:
+        (folder / path.parent.name).symlink_to(path.parent.resolve(), target_is_directory=True)
+    return folder
 
 
 def run_load(url: str, path: str, payloads: list[Path], concurrency: int, warmup_s: float, duration_s: float,

@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                                                   args.warmup_s, args.duration_s))  # fmt: skip
                 rows.append({"target": name, "concurrency": concurrency,
                              **summarise(answers, args.duration_s, depths)})  # fmt: skip
-                print(f"resnet-bench scenario cascade: {name} at {concurrency} ({time.monotonic() - started:.0f} s)", file=sys.stderr)
+                print(f"resnet-bench scenario cascade: {name} at {concurrency} ({time.monotonic() - started:.0f} s)",
+                      file=sys.stderr)
     finally:
         service.stop()
     result = {"command": "resnet-bench scenario cascade " + " ".join(argv), "auto": listing["auto"],
