@@ -32,7 +32,7 @@ import cliconfig
 from artifact import git_commit, write_atomically
 from bench import raw, ratio, report, servers
 from bench import payloads as payload_files
-from bench.config import BenchConfig, BenchError, parse
+from bench.config import BenchConfig, BenchError, parse, redacted
 from bench.machine import cpu_name
 from service import config as serve_config
 from service.runtime import ModelLoadError, discover, load_model, model_threads
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         config = parse(argv)
-        results = run(config, " ".join(["resnet-bench", *map(shlex.quote, _redacted(argv))]))
+        results = run(config, " ".join(["resnet-bench", *map(shlex.quote, redacted(argv))]))
     except (BenchError, serve_config.ConfigError, ModelLoadError) as error:
         return cliconfig.fail("resnet-bench", error)
     except KeyboardInterrupt:
@@ -64,17 +64,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print(Path(results["meta"]["out"], "ratio.md" if config.rounds else "table.md").read_text())
     return 0
-
-
-def _redacted(argv: list[str]) -> list[str]:
-    """argv with each --header's value hidden: results files keep the header names, not an API key."""
-    out = list(argv)
-    for index, arg in enumerate(out):
-        if arg == "--header" and index + 1 < len(out):
-            out[index + 1] = out[index + 1].split(":", 1)[0] + ": ***"
-        elif arg.startswith("--header="):
-            out[index] = arg.split(":", 1)[0] + ": ***"
-    return out
 
 
 def run(config: BenchConfig, command: str = "resnet-bench") -> dict:

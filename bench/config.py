@@ -54,11 +54,27 @@ class BenchConfig:
             raise BenchError(f"rounds must be an int >= 0, got {self.rounds!r}")
         if self.url is not None and not self.url.startswith("http://"):
             raise BenchError(f"--url must be an http:// URL of a running resnet-serve, got {self.url!r}")
-        for header in self.headers:
-            if not _HEADER.fullmatch(header):
-                raise BenchError(f"--header must be 'Name: value' (a token, a colon, no line break), got {header!r}")
-            if header.split(":", 1)[0].lower() in OWN_HEADERS:
-                raise BenchError(f"--header cannot set {header.split(':', 1)[0]}: the bench sets it on each request")
+        check_headers(self.headers)
+
+
+def check_headers(headers: Sequence[str]) -> None:
+    """Raise BenchError for a --header that is not 'Name: value' or sets what the bench sets itself."""
+    for header in headers:
+        if not _HEADER.fullmatch(header):
+            raise BenchError(f"--header must be 'Name: value' (a token, a colon, no line break), got {header!r}")
+        if header.split(":", 1)[0].lower() in OWN_HEADERS:
+            raise BenchError(f"--header cannot set {header.split(':', 1)[0]}: the bench sets it on each request")
+
+
+def redacted(argv: list[str]) -> list[str]:
+    """argv with each --header's value hidden: results files keep the header names, not an API key."""
+    out = list(argv)
+    for index, arg in enumerate(out):
+        if arg == "--header" and index + 1 < len(out):
+            out[index + 1] = out[index + 1].split(":", 1)[0] + ": ***"
+        elif arg.startswith("--header="):
+            out[index] = arg.split(":", 1)[0] + ": ***"
+    return out
 
 
 def parse(argv: Sequence[str] | None = None) -> BenchConfig:

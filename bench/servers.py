@@ -21,15 +21,21 @@ READY_TIMEOUT_S = 300.0  # resnet152 fp32 + int8 warm-up at every batch shape ta
 
 @dataclass
 class Process:
-    """A server the bench started, its URL and its log file."""
+    """A server the bench started, its URL, its log file, and the headers its clients send."""
 
     url: str
     process: subprocess.Popen
     log_path: Path
+    headers: tuple[str, ...] = ()  # "Name: value", the bench's --header
 
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    @property
+    def header_dict(self) -> dict[str, str]:
+        """`headers` as an HTTP client library takes them."""
+        return header_dict(self.headers)
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it has not exited within 30 s."""
@@ -58,12 +64,17 @@ def _python_module(module: str) -> list[str]:
     return [sys.executable, "-m", module]
 
 
+def header_dict(headers: tuple[str, ...]) -> dict[str, str]:
+    """"Name: value" strings as {name: value}."""
+    return {name.strip(): value.strip() for name, value in (header.split(":", 1) for header in headers)}
+
+
 def _start(command: list[str], log_path: Path, port: int, headers: tuple[str, ...] = ()) -> Process:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    server = Process(f"http://127.0.0.1:{port}", process, log_path)
+    server = Process(f"http://127.0.0.1:{port}", process, log_path, headers)
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -82,9 +93,7 @@ def _start(command: list[str], log_path: Path, port: int, headers: tuple[str, ..
 
 def ready_request(url: str, headers: tuple[str, ...] = ()) -> urllib.request.Request:
     """GET /health/ready with the bench's extra "Name: value" headers."""
-    fields = (header.split(":", 1) for header in headers)
-    return urllib.request.Request(url + "/health/ready",
-                                  headers={name.strip(): value.strip() for name, value in fields})
+    return urllib.request.Request(url + "/health/ready", headers=header_dict(headers))
 
 
 def start_service(models: Path, default_model: str, serve_args: tuple[str, ...], log_dir: Path,

@@ -31,9 +31,11 @@ import sys
 import time
 from pathlib import Path
 
+import cliconfig
 from artifact import write_atomically
 from bench import payloads as payload_files
 from bench import servers
+from bench.config import BenchError, check_headers, redacted
 from bench.scenarios import cascade
 from bench.scenarios.contention import slow_clients, two_models
 from bench.scenarios.faults import faults
@@ -55,15 +57,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-s", type=float, default=2.0)
     parser.add_argument("--duration-s", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=24, help="soak: concurrent clients over both models")
+    parser.add_argument("--header", action="append", default=[], dest="headers", metavar="'NAME: VALUE'",
+                        help="an HTTP header on every request the load sends, e.g. an API key (repeatable)")
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
-    args.serve_args = serve_args
+    args.serve_args, args.headers = serve_args, tuple(args.headers)
+    try:
+        check_headers(args.headers)
+    except BenchError as error:
+        return cliconfig.fail("resnet-bench scenario", error)
     args.out.mkdir(parents=True, exist_ok=True)
     files = payload_files.build(args.out / "payloads", ("photo",))["photo"]
-    with servers.start_service(args.models, "resnet18", tuple(serve_args), args.out) as server:
+    with servers.start_service(args.models, "resnet18", tuple(serve_args), args.out, args.headers) as server:
         started = time.time()
         result = SCENARIOS[args.scenario](server, files, args)
     result = {"scenario": args.scenario, "serve_args": serve_args, "load_average_1m": os.getloadavg()[0],
-              "started": started, "command": " ".join(["resnet-bench scenario", *argv]), **result}  # fmt: skip
+              "started": started, "command": " ".join(["resnet-bench scenario", *redacted(argv)]), **result}  # fmt: skip
     name = args.scenario + ("-" + "-".join(a.lstrip("-") for a in serve_args) if serve_args else "")
     write_atomically(args.out / f"{name}.json", lambda f: f.write(json.dumps(result, indent=2).encode()))
     print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2))

@@ -13,8 +13,9 @@ from bench.scenarios.soak import rss_mb, threads_fds
 FLOOD = 32  # clients flooding resnet152 while one resnet18 client is timed
 
 
-def _load(url, model, files, concurrency, warmup_s, duration_s, pid) -> dict:
-    return servers.run_load(url, f"/classify?model={model}", files, concurrency, warmup_s, duration_s, pid)
+def _load(server, model, files, concurrency, warmup_s, duration_s) -> dict:
+    return servers.run_load(server.url, f"/classify?model={model}", files, concurrency, warmup_s, duration_s,
+                            server.pid, headers=server.headers)
 
 
 def _together(*runs) -> list[dict]:
@@ -30,14 +31,14 @@ def _together(*runs) -> list[dict]:
 
 def two_models(server, files, args) -> dict:
     """Each model solo, then both at once; one resnet18 client alone and under a resnet152 flood."""
-    url, pid, w, d = server.url, server.pid, args.warmup_s, args.duration_s
-    solo = {m: _load(url, m, files, 16, w, d, pid) for m in ("resnet18", "resnet152")}
-    mixed = _together((url, "resnet18", files, 16, w, d, pid), (url, "resnet152", files, 16, w, d, pid))
+    w, d = args.warmup_s, args.duration_s
+    solo = {m: _load(server, m, files, 16, w, d) for m in ("resnet18", "resnet152")}
+    mixed = _together((server, "resnet18", files, 16, w, d), (server, "resnet152", files, 16, w, d))
     window = max(r["window_s"] for r in mixed)
     busy = sum(r["requests"] / solo[m]["images_per_s"] for r, m in zip(mixed, ("resnet18", "resnet152")))
-    alone = _load(url, "resnet18", files, 1, w, d, pid)
+    alone = _load(server, "resnet18", files, 1, w, d)
     # The flood starts first and outlasts the timed client: the single client only sees a busy resnet152.
-    flooded = _together((url, "resnet152", files, FLOOD, w + 2, d + 2, pid), (url, "resnet18", files, 1, w + 1, d, pid))
+    flooded = _together((server, "resnet152", files, FLOOD, w + 2, d + 2), (server, "resnet18", files, 1, w + 1, d))
     return {
         "solo_images_per_s": {m: r["images_per_s"] for m, r in solo.items()},
         "mixed_images_per_s": {m: r["images_per_s"] for m, r in zip(("resnet18", "resnet152"), mixed)},
@@ -93,13 +94,13 @@ class SlowClients:
 
 def slow_clients(server, files, args) -> dict:
     """resnet18 throughput alone and beside 200 slow connections; the server's RSS, threads and files."""
-    url, pid, w, d = server.url, server.pid, args.warmup_s, args.duration_s
-    before = _load(url, "resnet18", files, 8, w, d, pid)
-    rss_before = rss_mb(pid)
-    with SlowClients(url, 200) as slow:
+    w, d = args.warmup_s, args.duration_s
+    before = _load(server, "resnet18", files, 8, w, d)
+    rss_before = rss_mb(server.pid)
+    with SlowClients(server.url, 200) as slow:
         time.sleep(2)
-        during = _load(url, "resnet18", files, 8, w, d, pid)
-        rss_during, (threads, fds) = rss_mb(pid), threads_fds(pid)
+        during = _load(server, "resnet18", files, 8, w, d)
+        rss_during, (threads, fds) = rss_mb(server.pid), threads_fds(server.pid)
     return {
         "images_per_s_without": before["images_per_s"], "images_per_s_with_200_slow": during["images_per_s"],
         "ratio": during["images_per_s"] / before["images_per_s"],  # >= 0.9 wanted
