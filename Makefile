@@ -160,7 +160,7 @@ gpu-check: install
 
 gpu-pack:
 	PYTHON=$(BIN)/python deploy/gpu/pack.sh $(or $(DEST),.gpu)
-# --- robustness scenarios (issue 12): results and commands in docs/robustness.md ------------------
+# --- robustness scenarios (bench/scenarios/): results and commands in docs/robustness.md ---------
 # owner: robustness. Each scenario starts its own resnet-serve on the default models and writes
 # $(RESULTS)/scenarios/<scenario>.json; the soak also writes soak-memory.png. About 15 min in all.
 # `faults` swaps resnet18/model.onnx for resnet152's for a moment, and puts it back.

@@ -141,3 +141,11 @@ def test_bad_flags_are_one_line_on_stderr_and_exit_2(tiny_models_dir, tmp_path):
         done = subprocess.run([*_resnet_bench(), "--out", str(tmp_path), *flags], capture_output=True, text=True, timeout=60)
         assert done.returncode == 2, (flags, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1 and expected in done.stderr, done.stderr
+
+
+def test_help_names_every_payload_with_what_it_sends():
+    done = subprocess.run([*_resnet_bench(), "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    listed = done.stdout[done.stdout.index("payloads:\n"):]
+    for kind in payloads.KINDS:
+        assert f"  {kind} " in listed and payloads.DESCRIPTIONS[kind] in listed, kind
