@@ -166,8 +166,8 @@ def _ratio_run(config: BenchConfig, command: str) -> dict:
     results = {"meta": meta, "rounds": [asdict(r) for r in rounds], "summary": rows}
     config.out.mkdir(parents=True, exist_ok=True)
     write_atomically(config.out / "ratio.json", lambda f: f.write(json.dumps(results, indent=1).encode()))
-    text = (f"{ratio.table(rows, concurrency)}\n\n`{command}`; payload {payload}; {cpu_name()}, {os.cpu_count()} CPUs, load average "
-            f"{meta['load_average_start'][0]:.2f} at the start, {meta['load_average_end'][0]:.2f} at the end.\n")
+    text = (f"{ratio.table(rows, concurrency)}\n\n`{command}`; payload {payload}; {cpu_name()}, {os.cpu_count()} CPUs, "
+            f"load average {meta['load_average_start'][0]:.2f} at the start, {meta['load_average_end'][0]:.2f} at the end.\n")
     write_atomically(config.out / "ratio.md", lambda f: f.write(text.encode()))
     say(f"wrote {config.out / 'ratio.json'} and {config.out / 'ratio.md'}")
     return results
@@ -202,7 +202,7 @@ def _service_runs(config: BenchConfig, models_dir: Path, cards: dict, files: dic
     try:
         for index, (model, kind, concurrency) in enumerate(levels, 1):
             request = servers.load_request(kind, model, pixels[model] if kind == "pixels" else files[kind],
-                               cards[model]["input_name"], config.headers)
+                                           cards[model]["input_name"], config.headers)
             result = servers.run_load(url, concurrency=concurrency, warmup_s=config.warmup_s,
                                       duration_s=config.duration_s, server_pid=pid, **request)
             runs.append(_level(result, model, cards[model], kind, (result.get("batch_sizes") or {}).get(model)))

@@ -214,8 +214,8 @@ async def run(config: LoadConfig) -> LoadResult:
 
     async def window() -> tuple:
         await asyncio.sleep(max(0.0, window_start - loop.time()))
-        before = (await _scrape(url, config.metrics_path, common), _cpu_seconds(), process_cpu_seconds(config.server_pid),
-                  time.perf_counter())
+        batches = await _scrape(url, config.metrics_path, common)
+        before = (batches, _cpu_seconds(), process_cpu_seconds(config.server_pid), time.perf_counter())
         await asyncio.sleep(max(0.0, window_end - loop.time()))
         cpu, server_cpu, wall = _cpu_seconds(), process_cpu_seconds(config.server_pid), time.perf_counter()
         after = await _scrape(url, config.metrics_path, common)
