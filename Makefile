@@ -137,7 +137,7 @@ serve-imagenet: imagenet-models $(if $(IMAGENET_VAL),$(IMAGENET_MODELS)/cascade.
 # (15 runs of 90 steps, ~45 min on a busy 2-core box).
 .PHONY: finetune-compare
 finetune-compare: | install
-	OMP_NUM_THREADS=1 $(BIN)/python -m bench.finetune --out results/finetune --image-size 16 --steps 90 --source-steps 150
+	OMP_NUM_THREADS=1 $(BIN)/python -m bench.studies.finetune --out results/finetune --image-size 16 --steps 90 --source-steps 150
 
 # --- the service's own cost per image (docs/performance-per-image.md) ----------------------------
 # The service against raw ONNX Runtime at 8 clients on the bench's 224x224 models (built into
