@@ -69,10 +69,11 @@ models: $(MODELS)/resnet18/model.onnx $(MODELS)/resnet152/model.onnx
 serve: models
 	$(BIN)/resnet-serve --models $(MODELS) --host $(HOST) --port $(PORT)
 
-# owner: bench. The issue's targets are for 224x224 networks: the first run builds resnet18 and
+# owner: bench. The bench's targets are for 224x224 networks: the first run builds resnet18 and
 # resnet152, fp32 and int8, with random weights (speed only) into $(RESULTS)/models, then measures
-# (10.5 min measured on the idle 2-core box with the models built; building them first adds the
-# exports of docs/export.md). Run it on an idle machine. Another models folder:
+# (10.5 min measured on the idle 2-core box with the models built and the two JPEG payloads; the
+# pixels payload adds its own levels, and building the models first adds the exports of
+# docs/export.md). Run it on an idle machine. Another models folder:
 #   make bench BENCH_FLAGS="--models models --out results/default-models"
 # Flags after `--` in BENCH_FLAGS go to resnet-serve, e.g. BENCH_FLAGS="-- --max-batch-size 16".
 RESULTS ?= results
@@ -141,15 +142,13 @@ serve-imagenet: imagenet-models $(if $(IMAGENET_VAL),$(IMAGENET_MODELS)/cascade.
 # (15 runs of 90 steps, ~45 min on a busy 2-core box).
 .PHONY: finetune-compare
 finetune-compare: | install
-	OMP_NUM_THREADS=1 $(BIN)/python -m bench.finetune --out results/finetune --image-size 16 --steps 90 --source-steps 150
+	OMP_NUM_THREADS=1 $(BIN)/python -m bench.studies.finetune --out results/finetune --image-size 16 --steps 90 --source-steps 150
 
-# --- the service's own cost per image (docs/performance-per-image.md) ---
-# prepare's CPU per image before/after, then the service against raw ONNX Runtime at 8 clients on the
-# bench's 224x224 models (built into $(RESULTS)/models on first use), 3 interleaved rounds.
+# --- the service's own cost per image (docs/performance-per-image.md) ----------------------------
+# The service against raw ONNX Runtime at 8 clients on the bench's 224x224 models (built into
+# $(RESULTS)/models on first use), 3 interleaved rounds.
 .PHONY: bench-per-image
 bench-per-image: install
-	$(BIN)/python -m bench.payloads $(RESULTS)/payloads
-	$(BIN)/python -m bench.prepare_cost $(RESULTS)/payloads --repeats 40
 	$(BIN)/python -m bench.models $(RESULTS)/models
 	$(BIN)/resnet-bench --models $(RESULTS)/models --only resnet18,resnet18-int8,resnet152 --rounds 3 \
 		--out $(RESULTS)/per-image
@@ -166,7 +165,7 @@ gpu-check: install
 
 gpu-pack:
 	PYTHON=$(BIN)/python bench/gpu/pack.sh $(or $(DEST),.gpu)
-# --- robustness scenarios: results and commands in docs/robustness.md ----------------------------
+# --- robustness scenarios (bench/scenarios/): results and commands in docs/robustness.md ---------
 # owner: robustness. Each scenario starts its own resnet-serve on the default models and writes
 # $(RESULTS)/scenarios/<scenario>.json; the soak also writes soak-memory.png. About 15 min in all.
 # `faults` swaps resnet18/model.onnx for resnet152's for a moment, and puts it back.

@@ -5,6 +5,8 @@
     resnet-bench --only resnet18 --concurrency 1,16 --duration-s 5 -- --max-batch-size 16
     resnet-bench --url http://127.0.0.1:8000 --models models   # a running service; raw ORT from --models
     resnet-bench --models models --only resnet18,resnet18-int8 --rounds 3   # service/raw ratio (bench/ratio.py)
+    resnet-bench --models models --payloads pixels --rounds 3    # the same without the decode: the serving path
+    resnet-bench --url http://127.0.0.1:8000 --models models --header 'X-API-Key: ...'   # on every request
 
 In order: request payloads, decode timing, raw ONNX Runtime per model and batch size, then
 resnet-serve (started here with the flags after `--`, or the one at --url) under closed-loop load at
@@ -27,11 +29,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import cliconfig
-from artifact import git_commit
-from bench import payloads as payload_files
-from artifact import write_atomically
+from artifact import git_commit, write_atomically
 from bench import raw, ratio, report, servers
-from bench.config import BenchConfig, BenchError, parse
+from bench import payloads as payload_files
+from bench.config import BenchConfig, BenchError, parse, redacted
 from bench.machine import cpu_name
 from service import config as serve_config
 from service.engine.runtime import ModelLoadError, discover, load_model, model_threads
@@ -48,13 +49,14 @@ def say(message: str, started: float = time.monotonic()) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the resnet-bench console script."""
-    if (sys.argv[1:] if argv is None else argv)[:1] == ["scenario"]:  # issue 12's named scenarios
-        from bench import scenarios
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["scenario"]:  # the named robustness scenarios
+        from bench.scenarios import cli as scenarios
 
         return scenarios.main((sys.argv[1:] if argv is None else argv)[1:])
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        config = parse(sys.argv[1:] if argv is None else argv)
-        results = run(config, " ".join(["resnet-bench", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]))
+        config = parse(argv)
+        results = run(config, " ".join(["resnet-bench", *map(shlex.quote, redacted(argv))]))
     except (BenchError, serve_config.ConfigError, ModelLoadError) as error:
         return cliconfig.fail("resnet-bench", error)
     except KeyboardInterrupt:
@@ -80,17 +82,22 @@ def run(config: BenchConfig, command: str = "resnet-bench") -> dict:
     load = os.getloadavg()[0]
     if load > BUSY_LOAD:
         say(f"warning: 1-minute load average is {load:.2f} (> {BUSY_LOAD}): other work shares the cores")
-    files = payload_files.build(out / "payloads", config.payloads)
+    files = payload_files.jpegs_for(out / "payloads", config.payloads)
 
-    cards, decode_ms, raw_points = {}, {}, []
+    cards, decode_ms, raw_points, pixels = {}, {}, [], {}
     while chosen:
         model = chosen.pop(0)
         card = model.card
         cards[model.name] = {"arch": card.arch, "precision": card.precision, "input_size": card.preprocessing.input_size,
                              "classes": card.num_classes, "file": str(model.path), "providers": list(model.providers),
                              "weights": manifest.get(model.name, {}).get("weights", "as exported"),
-                             "int8_gate": manifest.get(model.name, {}).get("judgement")}
-        decode_ms[model.name] = {kind: raw.decode_ms(files[kind], card.preprocessing, serving.max_pixels) for kind in files}
+                             "int8_gate": manifest.get(model.name, {}).get("judgement"), "input_name": card.input_name}
+        decode_ms[model.name] = {kind: raw.decode_ms(files[kind], card.preprocessing, serving.max_pixels)
+                                 for kind in config.payloads if kind != "pixels"}
+        if "pixels" in config.payloads:  # preprocessed here, so the service decodes nothing
+            pixels[model.name] = payload_files.pixels(out / "payloads", files[payload_files.PIXELS_FROM], model.name,
+                                                      card.preprocessing, model.input_dtype, serving.max_pixels)
+            decode_ms[model.name]["pixels"] = 0.0
         say(f"{model.name}: decode + preprocess " + ", ".join(f"{k} {v:.1f} ms" for k, v in decode_ms[model.name].items()))
         path, model = model.path, None
         raw_points += raw.sweep(path, serving, config.raw_seconds, on_point=lambda p: say(
@@ -100,10 +107,12 @@ def run(config: BenchConfig, command: str = "resnet-bench") -> dict:
         "meta": _meta(config, command, serving, manifest),
         "models": cards,
         "payloads": {k: {"description": payload_files.DESCRIPTIONS[k], "files": [str(p) for p in v],
-                         "bytes": [p.stat().st_size for p in v]} for k, v in files.items()},
+                         "bytes": [p.stat().st_size for p in v]}
+                     for k, v in {**files, "pixels": [f for fs in pixels.values() for f in fs]}.items()
+                     if k in config.payloads},
         "decode_ms": decode_ms,
         "raw": [asdict(p) for p in raw_points],
-        "service": _service_runs(config, models_dir, cards, files, serving),
+        "service": _service_runs(config, models_dir, cards, files, pixels),
         "baseline": _baseline_runs(config, cards, files, serving) if config.baseline else [],
     }
     raw_best = {m: max(p["images_per_s"] for p in results["raw"] if p["model"] == m) for m in cards}
@@ -130,23 +139,35 @@ def _ratio_run(config: BenchConfig, command: str) -> dict:
     load = load_at_start[0]
     if load > BUSY_LOAD:
         say(f"warning: 1-minute load average is {load:.2f} (> {BUSY_LOAD}): other work shares the cores")
-    files = payload_files.build(config.out / "payloads", (ratio.RATIO_PAYLOAD,))[ratio.RATIO_PAYLOAD]
-    served = _subset(config.out / "logs" / "served-models", list(chosen.values()))
+    payload = config.payloads[0] if len(config.payloads) == 1 else ratio.RATIO_PAYLOAD
+    if payload == "12mp":
+        raise BenchError("--rounds measures the photo or pixels payload, got --payloads 12mp")
+    files = payload_files.build(config.out / "payloads", (payload_files.PIXELS_FROM,))[payload_files.PIXELS_FROM]
+    requests = {}
+    for name, path in chosen.items():
+        if payload == "pixels":
+            model = load_model(path, serving)
+            pixels = payload_files.pixels(config.out / "payloads", files, name, model.card.preprocessing,
+                                          model.input_dtype, serving.max_pixels)
+            requests[name] = servers.load_request("pixels", name, pixels, model.card.input_name, config.headers)
+        else:
+            requests[name] = servers.load_request(payload, name, files, "", config.headers)
+    served = servers.served_subset(config.out / "logs" / "served-models", list(chosen.values()))
     say(f"starting resnet-serve on {served} {' '.join(config.serve_args)}".rstrip())
-    server = servers.start_service(served, next(iter(chosen)), config.serve_args, config.out / "logs")
+    server = servers.start_service(served, next(iter(chosen)), config.serve_args, config.out / "logs", config.headers)
     try:
-        rounds = ratio.measure(chosen, files, server.url, server.pid, config.rounds, concurrency, config.warmup_s,
-                               config.duration_s, config.raw_seconds, serving, say)
+        rounds = ratio.measure(chosen, files, requests, server.url, server.pid, config.rounds, concurrency,
+                               config.warmup_s, config.duration_s, config.raw_seconds, serving, say)
     finally:
         server.stop()
     rows = ratio.summary(rounds)
-    meta = {**_meta(config, command, serving, manifest), "concurrency": concurrency,
+    meta = {**_meta(config, command, serving, manifest), "concurrency": concurrency, "payload": payload,
             "load_average_start": load_at_start, "load_average_end": os.getloadavg()}
     results = {"meta": meta, "rounds": [asdict(r) for r in rounds], "summary": rows}
     config.out.mkdir(parents=True, exist_ok=True)
     write_atomically(config.out / "ratio.json", lambda f: f.write(json.dumps(results, indent=1).encode()))
-    text = (f"{ratio.table(rows, concurrency)}\n\n`{command}`; {cpu_name()}, {os.cpu_count()} CPUs, load average "
-            f"{meta['load_average_start'][0]:.2f} at the start, {meta['load_average_end'][0]:.2f} at the end.\n")
+    text = (f"{ratio.table(rows, concurrency)}\n\n`{command}`; payload {payload}; {cpu_name()}, {os.cpu_count()} CPUs, "
+            f"load average {meta['load_average_start'][0]:.2f} at the start, {meta['load_average_end'][0]:.2f} at the end.\n")
     write_atomically(config.out / "ratio.md", lambda f: f.write(text.encode()))
     say(f"wrote {config.out / 'ratio.json'} and {config.out / 'ratio.md'}")
     return results
@@ -163,40 +184,33 @@ def _models(config: BenchConfig) -> tuple[Path, dict]:
     return folder, models.build(folder, log=say)
 
 
-def _service_runs(config: BenchConfig, models_dir: Path, cards: dict, files: dict, serving) -> list[dict]:
-    levels = [(m, k, c) for m in cards for k in files for c in config.concurrency]
+def _service_runs(config: BenchConfig, models_dir: Path, cards: dict, files: dict, pixels: dict) -> list[dict]:
+    levels = [(m, k, c) for m in cards for k in config.payloads for c in config.concurrency]
     if config.url is None:
         if config.only:  # serve only the measured models: less memory, a shorter warm-up
-            models_dir = _subset(config.out / "logs" / "served-models", [Path(c["file"]) for c in cards.values()])
+            models_dir = servers.served_subset(config.out / "logs" / "served-models",
+                                               [Path(c["file"]) for c in cards.values()])
         say(f"starting resnet-serve on {models_dir} {' '.join(config.serve_args)}".rstrip())
-        server = servers.start_service(models_dir, next(iter(cards)), config.serve_args, config.out / "logs")
+        server = servers.start_service(models_dir, next(iter(cards)), config.serve_args, config.out / "logs",
+                                       config.headers)
         url, pid = server.url, server.pid
     else:
         server, url, pid = None, config.url.rstrip("/"), None
-        with urllib.request.urlopen(url + "/health/ready", timeout=5):
+        with urllib.request.urlopen(servers.ready_request(url, config.headers), timeout=5):
             pass
     runs = []
     try:
         for index, (model, kind, concurrency) in enumerate(levels, 1):
-            result = servers.run_load(url, f"/classify?model={model}", files[kind], concurrency, config.warmup_s,
-                                      config.duration_s, pid)
+            request = servers.load_request(kind, model, pixels[model] if kind == "pixels" else files[kind],
+                                           cards[model]["input_name"], config.headers)
+            result = servers.run_load(url, concurrency=concurrency, warmup_s=config.warmup_s,
+                                      duration_s=config.duration_s, server_pid=pid, **request)
             runs.append(_level(result, model, cards[model], kind, (result.get("batch_sizes") or {}).get(model)))
             say(f"[{index}/{len(levels)}] service {model} {kind} c={concurrency}: {_summary(runs[-1])}")
     finally:
         if server is not None:
             server.stop()
     return runs
-
-
-def _subset(folder: Path, model_files: list[Path]) -> Path:
-    """A models folder of symlinks to just these models' folders."""
-    if folder.exists():
-        for link in folder.iterdir():
-            link.unlink()
-    folder.mkdir(parents=True, exist_ok=True)
-    for path in model_files:
-        (folder / path.parent.name).symlink_to(path.parent.resolve(), target_is_directory=True)
-    return folder
 
 
 def _baseline_runs(config: BenchConfig, cards: dict, files: dict, serving) -> list[dict]:
@@ -207,10 +221,10 @@ def _baseline_runs(config: BenchConfig, cards: dict, files: dict, serving) -> li
         threads = model_threads(serving)  # the baseline runs one model, as each raw ORT point does
         say(f"starting the PyTorch eager baseline for {model} ({threads} threads)")
         with servers.start_baseline(Path(card["file"]), threads, config.out / "logs") as server:
-            for kind in files:
+            for kind in [k for k in config.payloads if k in files]:  # image files: the baseline has no pixel input
                 for concurrency in config.baseline_concurrency:
                     result = servers.run_load(server.url, "/classify", files[kind], concurrency, config.warmup_s,
-                                              config.duration_s, server.pid, metrics=False)
+                                              config.duration_s, server.pid, metrics=False, headers=config.headers)
                     runs.append(_level(result, model, card, kind, 1.0))
                     say(f"baseline {model} {kind} c={concurrency}: {_summary(runs[-1])}")
     return runs
@@ -244,7 +258,8 @@ def _meta(config: BenchConfig, command: str, serving, manifest: dict) -> dict:
         "python": platform.python_version(),
         "onnxruntime": onnxruntime.__version__,
         "serve_config": {k: str(v) for k, v in vars(serving).items()},
-        "bench_config": {k: str(v) for k, v in asdict(config).items()},
+        "bench_config": {k: str(v) for k, v in asdict(config).items() if k != "headers"},
+        "headers": [header.split(":", 1)[0] for header in config.headers],  # names only: a value may be a key
         "weights_label": ", ".join(labels) if labels else None,
         "client": "bench.load: asyncio HTTP/1.1 keep-alive, one process",
     }

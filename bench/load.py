@@ -2,10 +2,8 @@
 
 It runs in its own process (resnet-bench starts it), so its CPU shows up apart from the service's,
 and it reports that CPU (`client_cpu_cores`): on a 2-core box the client competes with the server.
-It speaks HTTP/1.1 keep-alive directly on asyncio streams rather than through httpx: on the dev box
-httpx's AsyncClient cost 1.2-1.4 ms of client CPU per request and this client 0.17-0.19 ms
-(`python -m bench.client_cost`), which at a few hundred requests per second is the difference
-between a third of a core taken from the service and a few percent.
+It speaks HTTP/1.1 keep-alive directly on asyncio streams, a fraction of httpx's client CPU per
+request (docs/performance.md).
 
 Warm-up requests are sent and thrown away; then every answer that arrives inside the measured window
 counts, and requests still in flight when the window closes are finished but not counted. /metrics is
@@ -13,6 +11,8 @@ scraped at both ends of the window (when the target has one) for the service's m
 
     python -m bench.load --url http://127.0.0.1:8000 --path '/classify?model=resnet18' \
         --payload a.jpg --payload b.jpg --concurrency 16 --warmup-s 2 --duration-s 10
+    python -m bench.load --url http://127.0.0.1:8000 --path /v2/models/resnet18/infer --protocol oip-pixels \
+        --payload results/payloads/pixels-resnet18-0.npy --concurrency 16 --header 'X-Request-ID: bench'
 """
 
 from __future__ import annotations
@@ -34,6 +34,10 @@ import numpy as np
 
 from bench import oip
 
+# How payload files are posted: "classify" as raw image bodies; "oip" as the Open Inference Protocol's
+# `image` input (one BYTES element); "oip-pixels" (.npy files) as the model's own input tensor.
+PROTOCOLS = ("classify", "oip", "oip-pixels")
+
 
 @dataclass(frozen=True)
 class LoadConfig:
@@ -41,14 +45,20 @@ class LoadConfig:
 
     url: str  # base URL of the target, e.g. http://127.0.0.1:8000
     path: str  # request path with query, e.g. /classify?model=resnet18
-    payloads: tuple[Path, ...]  # JPEG files posted in turn (raw body, Content-Type image/jpeg)
+    payloads: tuple[Path, ...]  # files posted in turn: images, or .npy pixels for protocol oip-pixels
     concurrency: int  # connections, each with one request outstanding at a time
     warmup_s: float = 2.0  # seconds of load before the measured window, not counted
     duration_s: float = 10.0  # seconds of the measured window
     metrics_path: str | None = "/metrics"  # Prometheus endpoint scraped at both ends; None: none
     timeout_s: float = 120.0  # one request's limit; a request past it counts as an error
     server_pid: int | None = None  # the target's process on this machine, for its CPU use; None: unknown
-    protocol: str = "classify"  # "classify": raw JPEG bodies; "oip": Open Inference Protocol binary (bench/oip.py)
+    protocol: str = "classify"  # one of PROTOCOLS
+    input_name: str = "input"  # the model's input tensor, for protocol oip-pixels (its card's input_name)
+    headers: tuple[str, ...] = ()  # extra "Name: value" headers on every request, the /metrics scrapes too
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
 
 
 @dataclass
@@ -86,7 +96,8 @@ class Connection:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Length: {len(body)}\r\n"
         if body:
-            head += f"Content-Type: {content_type}\r\n{headers}"
+            head += f"Content-Type: {content_type}\r\n"
+        head += headers
         self.writer.write(head.encode("latin-1") + b"\r\n" + body)
         await self.writer.drain()
         status_line = await self.reader.readline()
@@ -130,12 +141,12 @@ def batch_totals(metrics_text: str) -> dict[str, tuple[float, float]]:
     return {model: (s, c) for model, (s, c) in totals.items()}
 
 
-async def _scrape(url, path: str | None) -> dict[str, tuple[float, float]] | None:
+async def _scrape(url, path: str | None, headers: str) -> dict[str, tuple[float, float]] | None:
     if path is None:
         return None
     connection = Connection(url.hostname, url.port)
     try:
-        status, body = await connection.request("GET", path)
+        status, body = await connection.request("GET", path, headers=headers)
     finally:
         await connection.close()
     return batch_totals(body.decode()) if status == 200 else None
@@ -160,14 +171,18 @@ def process_cpu_seconds(pid: int | None) -> float | None:
 async def run(config: LoadConfig) -> LoadResult:
     """Drive the target for warmup_s + duration_s and measure the window."""
     url = urlsplit(config.url)
-    bodies = [Path(p).read_bytes() for p in config.payloads]
-    if config.protocol == "oip":  # the same images, framed as tritonclient frames them
-        framed = [oip.frame(body) for body in bodies]
+    common = "".join(f"{header}\r\n" for header in config.headers)
+    if config.protocol == "classify":
+        bodies = [Path(p).read_bytes() for p in config.payloads]
+        extra, content_type = [common] * len(bodies), "image/jpeg"
+    else:  # framed as tritonclient frames them
+        if config.protocol == "oip":
+            framed = [oip.frame(Path(p).read_bytes()) for p in config.payloads]
+        else:
+            framed = [oip.frame_pixels(np.load(p, allow_pickle=False), config.input_name) for p in config.payloads]
         bodies = [body for body, _ in framed]
-        extra = [f"{oip.HEADER_LENGTH}: {length}\r\n" for _, length in framed]
+        extra = [f"{oip.HEADER_LENGTH}: {length}\r\n{common}" for _, length in framed]
         content_type = "application/octet-stream"
-    else:
-        extra, content_type = [""] * len(bodies), "image/jpeg"
     turn = itertools.cycle(range(len(bodies)))
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -199,11 +214,11 @@ async def run(config: LoadConfig) -> LoadResult:
 
     async def window() -> tuple:
         await asyncio.sleep(max(0.0, window_start - loop.time()))
-        before = (await _scrape(url, config.metrics_path), _cpu_seconds(), process_cpu_seconds(config.server_pid),
-                  time.perf_counter())
+        batches = await _scrape(url, config.metrics_path, common)
+        before = (batches, _cpu_seconds(), process_cpu_seconds(config.server_pid), time.perf_counter())
         await asyncio.sleep(max(0.0, window_end - loop.time()))
         cpu, server_cpu, wall = _cpu_seconds(), process_cpu_seconds(config.server_pid), time.perf_counter()
-        after = await _scrape(url, config.metrics_path)
+        after = await _scrape(url, config.metrics_path, common)
         return before, (after, cpu, server_cpu, wall)
 
     tasks = [asyncio.ensure_future(worker()) for _ in range(config.concurrency)]
@@ -251,12 +266,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration-s", type=float, default=LoadConfig.duration_s)
     parser.add_argument("--no-metrics", action="store_true", help="the target has no /metrics")
     parser.add_argument("--server-pid", type=int, help="the target's pid on this machine, for its CPU use")
-    parser.add_argument("--protocol", choices=["classify", "oip"], default="classify",
-                        help="raw JPEG bodies (for /classify) or Open Inference Protocol binary requests (/v2/.../infer)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="classify",
+                        help="raw image bodies (for /classify), or Open Inference Protocol binary requests "
+                             "(/v2/.../infer) with the image file or, from .npy files, the model's input tensor")
+    parser.add_argument("--input-name", default=LoadConfig.input_name, help="the model's input (oip-pixels)")
+    parser.add_argument("--header", action="append", default=[], help="'Name: value' on every request (repeatable)")
     args = parser.parse_args(argv)
     config = LoadConfig(args.url, args.path, tuple(args.payload), args.concurrency, args.warmup_s,
                         args.duration_s, None if args.no_metrics else LoadConfig.metrics_path, server_pid=args.server_pid,
-                        protocol=args.protocol)
+                        protocol=args.protocol, input_name=args.input_name, headers=tuple(args.header))
     result = asyncio.run(run(config))
     json.dump(asdict(result), sys.stdout)
     return 0

@@ -1,17 +1,17 @@
 """The bench's own 224x224 models: resnet18 and resnet152, fp32 and int8, built once and cached.
 
-The default models (`make models`) are trained at a small input size; the issue's targets are for
-224x224 networks, and ImageNet data and published weights cannot be fetched here. So the bench
-builds each network with random weights (zero-init residual, so activations stay tame) into a real
-checkpoint on the synthetic set rendered for 224x224 preprocessing, and exports it with
-resnet-export. Speed does not depend on weight values; every output labels these models
+The default models (`make models`) are trained at a small input size; the bench's targets
+(bench/report.py) are for 224x224 networks, and ImageNet data and published weights cannot be
+fetched here. So the bench builds each network with random weights (zero-init residual, so
+activations stay tame) into a real checkpoint on the synthetic set rendered for 224x224
+preprocessing, and exports it with resnet-export. Speed does not depend on weight values; every output labels these models
 "random weights, speed only". (Ten synthetic classes instead of 1000 change the final layer by
 2048x990 multiply-adds, under 0.1% of resnet152's and resnet18's work.)
 
 int8 goes through the exporter's own gate unchanged (static QDQ calibrated on the synthetic train
 split, judged against fp32 on its validation split). A random network's accuracy is chance level, so
-what the gate can vouch for is top-1 agreement with fp32 (99.0% for resnet18 and 98.7% for resnet152
-on 300 images when built here); its verdict is kept in MANIFEST and in every results.json.
+what the gate can vouch for is top-1 agreement with fp32 (docs/performance.md gives it); its verdict is
+kept in MANIFEST and in every results.json.
 
     python -m bench.models results/models        # what resnet-bench does when given no --models
 """

@@ -1,11 +1,15 @@
 """Request bodies: real JPEG files of realistic sizes, cut from the real photos of bench/photos.py
-(scikit-image's bundled sample photographs).
+(scikit-image's bundled sample photographs), and the same photos as a model's own input.
 
 - `photo`: about 500x375, the typical ImageNet photo: each source photo center-cropped to 4:3 and
   resized to 500x375, JPEG quality 90 (one file per photo; the load generator posts them in turn).
 - `12mp`: a 4000x3000 phone-camera-sized JPEG. The largest photo here is 741x500, so it is upscaled
   (bicubic) with mild sensor-like grain added; without grain an upscaled picture compresses to a
   fraction of a real 12 MP photo's 3 to 5 MB and decodes faster than one.
+- `pixels`: the `photo` files decoded and preprocessed ahead (artifact.preprocess.prepare, what the
+  service's decode pool does), saved per model as .npy in the model's input dtype and shape, and
+  sent as its input tensor through the Open Inference Protocol (bench/oip.py): nothing is decoded
+  on the server, so the service against raw ONNX Runtime measures the serving path alone.
 
     python -m bench.payloads results/payloads
 """
@@ -18,30 +22,32 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from artifact import write_atomically
+from artifact import Preprocessing, preprocess, write_atomically
 from bench import photos
 
-PHOTOS = photos.PHOTOS
-KINDS = ("photo", "12mp")  # payload names, in the order the bench runs them
+JPEGS = ("photo", "12mp")  # payloads that are image files, posted as they are
+KINDS = (*JPEGS, "pixels")  # every payload name, in the order the bench runs them
+PIXELS_FROM = "photo"  # the JPEGs that the pixels payload holds, preprocessed
 DESCRIPTIONS = {
     "photo": "500x375 JPEG q90, three real photos in turn",
     "12mp": "4000x3000 JPEG q90, a real photo upscaled with grain",
+    "pixels": "the photo payload preprocessed ahead: the model's input tensor over OIP, no decode",
 }
 QUALITY = 90
 GRAIN_SIGMA = 4.0  # standard deviation of the added grain, in 8-bit levels
 
 
-def build(out: Path, kinds=KINDS, images: Path | None = None) -> dict[str, list[Path]]:
-    """Write out/<kind>-<n>.jpg for each kind (reused when present); kind -> its files."""
+def build(out: Path, kinds=JPEGS, images: Path | None = None) -> dict[str, list[Path]]:
+    """Write out/<kind>-<n>.jpg for each JPEG kind (reused when present); kind -> its files."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    unknown = set(kinds) - set(KINDS)
+    unknown = set(kinds) - set(JPEGS)
     if unknown:
-        raise ValueError(f"unknown payload {sorted(unknown)}; expected some of {', '.join(KINDS)}")
+        raise ValueError(f"unknown JPEG payload {sorted(unknown)}; expected some of {', '.join(JPEGS)}")
     images = photos.folder() if images is None else Path(images)
     files = {}
     for kind in kinds:
-        sources = PHOTOS if kind == "photo" else PHOTOS[:1]
+        sources = photos.PHOTOS if kind == "photo" else photos.PHOTOS[:1]
         files[kind] = []
         for index, name in enumerate(sources):
             path = out / f"{kind}-{index}.jpg"
@@ -49,6 +55,28 @@ def build(out: Path, kinds=KINDS, images: Path | None = None) -> dict[str, list[
                 with Image.open(images / name) as photo:
                     _write(path, _make(kind, photo.convert("RGB")))
             files[kind].append(path)
+    return files
+
+
+def jpegs_for(folder: Path, kinds: tuple[str, ...]) -> dict[str, list[Path]]:
+    """The JPEG payloads asked for, and the ones the pixels payload is made from."""
+    wanted = {kind for kind in kinds if kind in JPEGS}
+    if "pixels" in kinds:
+        wanted.add(PIXELS_FROM)
+    return build(folder, [kind for kind in JPEGS if kind in wanted])
+
+
+def pixels(out: Path, jpegs: list[Path], model: str, prep: Preprocessing, dtype, max_pixels: int) -> list[Path]:
+    """Write out/pixels-<model>-<n>.npy: each JPEG as one image of the model's input (no batch axis),
+    made as the service makes it from the same file; the files, in the JPEGs' order."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for index, jpeg in enumerate(jpegs):
+        array = preprocess.prepare(Path(jpeg).read_bytes(), prep, max_pixels).astype(dtype, copy=False)
+        path = out / f"pixels-{model}-{index}.npy"
+        write_atomically(path, lambda f: np.save(f, array, allow_pickle=False))
+        files.append(path)
     return files
 
 

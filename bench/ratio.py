@@ -1,7 +1,7 @@
-"""The service against raw ONNX Runtime at modest load (issue 16): `resnet-bench --rounds N`.
+"""The service against raw ONNX Runtime at modest load: `resnet-bench --rounds N`.
 
     resnet-bench --models results/models --only resnet18,resnet18-int8,resnet152 --rounds 3
-    python -m bench.ratio --models results/models --rounds 3       # the same, without resnet-bench
+    resnet-bench --models results/models --only resnet18 --rounds 3 --payloads pixels
 
 For each model, N rounds; each round times raw ONNX Runtime and then the service, back to back, so
 that whatever else shares the machine weighs on both alike:
@@ -10,19 +10,21 @@ that whatever else shares the machine weighs on both alike:
   timing), at batch 1, 2, 4, 8, 16 and 32; its best batch is the round's reference. A weaker
   reference would not make the service faster, so it stays the strongest one ORT offers.
 - service: resnet-serve (one process for the whole run, flags after `--`) under `concurrency`
-  closed-loop clients posting the same JPEG files, with the clients' own CPU beside it.
+  closed-loop clients posting the same JPEG files (or, with `--payloads pixels`, those images
+  preprocessed ahead as the model's input over the Open Inference Protocol, so the service decodes
+  nothing), with the clients' own CPU beside it.
 - raw as served: then raw ONNX Runtime again, at the batch the service really formed (its mean,
   rounded) in a session with the service's own options (service.engine.runtime.session_options: its
-  thread count, no spinning), run from as many threads at once as the service has instances. It splits the gap in two: reference -> as served is what batch size
-  and session options cost; as served -> service is the service's own work per image (HTTP,
-  decode, queues, copies) and its clients' share of the cores.
+  thread count, no spinning), run from as many threads at once as the service has instances. It
+  splits the gap in two: reference -> as served is what batch size and session options cost; as
+  served -> service is the service's own work per image (HTTP, decode unless pixels, queues,
+  copies) and its clients' share of the cores.
 The table gives the median over rounds of each, and the ratio of the medians.
 """
 
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,8 +39,8 @@ from artifact import preprocess
 from service.engine import runtime
 from service.config import ServeConfig
 
-BATCHES = (1, 2, 4, 8, 16, 32)  # the issue's "best batch from 1 to 32"
-RATIO_PAYLOAD = "photo"  # the 500x375 JPEGs the issue's figures use
+BATCHES = (1, 2, 4, 8, 16, 32)  # the reference is raw ORT's best batch from 1 to 32
+RATIO_PAYLOAD = "photo"  # the 500x375 JPEGs of docs/performance-per-image.md
 
 
 @dataclass(frozen=True)
@@ -97,15 +99,18 @@ def raw_as_served(path: Path, files: list[Path], max_pixels: int, seconds: float
     return round(_rate(session, card, images, batch, seconds, instances), 2)
 
 
-def measure(models: dict[str, Path], files: list[Path], url: str, pid: int | None, rounds: int, concurrency: int,
-            warmup_s: float, duration_s: float, raw_seconds: float, serving: ServeConfig,
-            say=lambda message: None) -> list[Round]:
-    """`rounds` interleaved rounds of raw ORT, the service, then raw ORT as served, for each model in turn."""
+def measure(models: dict[str, Path], files: list[Path], requests: dict[str, dict], url: str, pid: int | None,
+            rounds: int, concurrency: int, warmup_s: float, duration_s: float, raw_seconds: float,
+            serving: ServeConfig, say=lambda message: None) -> list[Round]:
+    """`rounds` interleaved rounds of raw ORT, the service, then raw ORT as served, for each model in turn;
+    raw ORT runs on `files` (JPEGs) prepared ahead, the service gets requests[model] (servers.run_load's
+    path, payloads, protocol ...: the same JPEGs, or those images as the model's input)."""
     results = []
     for index in range(1, rounds + 1):
         for name, path in models.items():
             raw_speed, raw_batch = raw_best(path, files, serving.max_pixels, raw_seconds)
-            load = servers.run_load(url, f"/classify?model={name}", files, concurrency, warmup_s, duration_s, pid)
+            load = servers.run_load(url, concurrency=concurrency, warmup_s=warmup_s, duration_s=duration_s,
+                                    server_pid=pid, **requests[name])
             mean_batch = (load.get("batch_sizes") or {}).get(name)
             served_batch = max(1, round(mean_batch or 1))
             served = raw_as_served(path, files, serving.max_pixels, raw_seconds, served_batch,
@@ -161,8 +166,3 @@ def table(rows: list[dict], concurrency: int) -> str:
                      f"{r['server_cpu_cores']} | {r['client_cpu_cores']} | {r['mean_batch']} |")
     return "\n".join(lines)
 
-
-if __name__ == "__main__":
-    from bench.cli import main
-
-    sys.exit(main(["--rounds", "3", *sys.argv[1:]] if "--rounds" not in sys.argv else sys.argv[1:]))

@@ -1,4 +1,4 @@
-"""What resnet-bench writes: the table, the issue's targets checked against the numbers, and the plot."""
+"""What resnet-bench writes: the table, the project's targets checked against the numbers, and the plot."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import BinaryIO
 
 from artifact import write_atomically
 
-# The issue's targets (issue 5, "Targets on this 2-core machine"), for fp32 224x224 models and the
+# The project's targets for this 2-core machine (docs/performance.md), for fp32 224x224 models and the
 # ~500x375 photo payload.
 SERVICE_VS_RAW = {"resnet152": 0.9, "resnet18": 0.7}  # service best / raw ORT best batched, at least
 SERVICE_VS_BASELINE = 2.0  # service best / PyTorch eager baseline best, at least
@@ -57,7 +57,7 @@ def best(runs: list[dict], model: str, payload: str = TARGET_PAYLOAD) -> dict | 
 
 
 def targets(results: dict) -> list[dict]:
-    """Each of the issue's targets that the results can judge: what was required, what was measured."""
+    """Each of the project's targets that the results can judge: what was required, what was measured."""
     checks = []
     cards = results["models"]
     raw_best = {m: max((p["images_per_s"] for p in results["raw"] if p["model"] == m), default=None) for m in cards}
@@ -117,7 +117,7 @@ def write(results: dict, out: Path) -> dict[str, Path]:
         markdown(COLUMNS, rows(results)),
         "Raw ONNX Runtime (same model files, same threads, no decoding)",
         raw_table(results),
-        "Targets (issue 5)",
+        "Targets",
         targets_table(results["targets"]),
     )) + "\n"
     paths = {"json": out / "results.json", "table": out / "table.md", "plot": out / "results.png"}

@@ -163,7 +163,8 @@ async def list_models(request: Request) -> schemas.ModelList:
     default = service.ladder.default_model
     rules = service.cascade.policy.abstain
     infos = [
-        schemas.model_info(m.card, m.providers, name == default, abstain_threshold=_threshold(rules.get(name)))
+        schemas.model_info(m.card, m.providers, name == default, abstain_threshold=_threshold(rules.get(name)),
+                           device_memory_bytes=m.device_memory_bytes)  # fmt: skip
         for name, m in service.models.items()
     ]
     rungs = [schemas.Rung(r.name, r.depth, r.precision, r.threshold, r.gflops, r.batch_ms) for r in service.rungs()]
@@ -182,7 +183,8 @@ async def describe_model(request: Request, name: str) -> schemas.ModelDetail:
         )
     model, rule = service.models[name], service.cascade.policy.abstain.get(name)
     default = name == service.ladder.default_model
-    return schemas.model_info(model.card, model.providers, default, detail=True, abstain_threshold=_threshold(rule))
+    return schemas.model_info(model.card, model.providers, default, detail=True, abstain_threshold=_threshold(rule),
+                              device_memory_bytes=model.device_memory_bytes)  # fmt: skip
 
 
 def _threshold(rule) -> float | None:

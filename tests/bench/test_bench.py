@@ -25,7 +25,7 @@ def _resnet_bench() -> list[str]:
 
 @pytest.fixture(scope="module")
 def bench_run(tiny_models_dir, tmp_path_factory):
-    """One short run on resnet18 (32x32) with both payloads, two levels and the eager baseline."""
+    """One short run on resnet18 (32x32) with every payload, two levels and the eager baseline."""
     out = tmp_path_factory.mktemp("bench")
     command = [*_resnet_bench(), "--models", str(tiny_models_dir), "--only", "resnet18", "--out", str(out),
                "--concurrency", "1,3", "--baseline-concurrency", "2", "--warmup-s", "0.5", "--duration-s", "1.5",
@@ -42,7 +42,8 @@ def test_a_run_measures_every_level_of_the_service_and_the_baseline(bench_run):
     _, _, results = bench_run
     levels = [(r["model"], r["payload"], r["concurrency"]) for r in results["service"]]
     assert levels == [("resnet18", p, c) for p in payloads.KINDS for c in (1, 3)]
-    assert [(r["payload"], r["concurrency"]) for r in results["baseline"]] == [(p, 2) for p in payloads.KINDS]
+    # the baseline decodes image files itself: it has no pixel input
+    assert [(r["payload"], r["concurrency"]) for r in results["baseline"]] == [(p, 2) for p in payloads.JPEGS]
     for r in results["service"] + results["baseline"]:
         assert r["requests"] > 0 and r["errors"] == {}
         assert r["images_per_s"] > 0 and r["latency_samples"] == r["requests"]
@@ -71,7 +72,8 @@ def test_table_json_and_png_are_written_and_progress_is_shown(bench_run):
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(out / "results.png") as plot:
         assert plot.width > 500 and plot.height > 300
-    assert "[1/4] service resnet18 photo c=1:" in done.stderr and "baseline resnet18 12mp c=2:" in done.stderr
+    assert "[1/6] service resnet18 photo c=1:" in done.stderr and "[6/6] service resnet18 pixels c=3:" in done.stderr
+    assert "baseline resnet18 12mp c=2:" in done.stderr
     names = {c["target"] for c in results["targets"]}
     # resnet18 fp32: the throughput ratio to raw ORT, to the baseline, and the concurrency-1 latency.
     assert names == {"resnet18: service best / raw ORT best", "resnet18: service best / torch eager best",
@@ -87,7 +89,7 @@ def test_payloads_are_real_jpegs_of_the_promised_sizes(tmp_path):
             with Image.open(path) as image:
                 assert (image.format, image.size, image.mode) == ("JPEG", size, "RGB")
     assert files["12mp"][0].stat().st_size > 1_000_000  # grain keeps it near a real 12 MP photo's size
-    with pytest.raises(ValueError, match="unknown payload"):
+    with pytest.raises(ValueError, match="unknown JPEG payload"):
         payloads.build(tmp_path, ("tiny",))
 
 
@@ -131,9 +133,19 @@ def test_targets_compare_like_with_like():
 
 def test_bad_flags_are_one_line_on_stderr_and_exit_2(tiny_models_dir, tmp_path):
     for flags, expected in ((["--concurrency", "0,4"], "concurrency must be positive"),
-                            (["--payloads", "gif"], "payloads must be some of photo,12mp"),
+                            (["--payloads", "gif"], "payloads must be some of photo,12mp,pixels"),
+                            (["--header", "X-Key secret"], "--header must be 'Name: value'"),
+                            (["--header", "Content-Length: 3"], "--header cannot set Content-Length"),
                             (["--url", "ftp://x"], "--url must be an http:// URL"),
                             (["--only", "resnet999", "--models", str(tiny_models_dir)], "--only names ['resnet999']")):
         done = subprocess.run([*_resnet_bench(), "--out", str(tmp_path), *flags], capture_output=True, text=True, timeout=60)
         assert done.returncode == 2, (flags, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1 and expected in done.stderr, done.stderr
+
+
+def test_help_names_every_payload_with_what_it_sends():
+    done = subprocess.run([*_resnet_bench(), "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    listed = done.stdout[done.stdout.index("payloads:\n"):]
+    for kind in payloads.KINDS:
+        assert f"  {kind} " in listed and payloads.DESCRIPTIONS[kind] in listed, kind

@@ -61,3 +61,31 @@ def test_rounds_run_end_to_end_and_write_the_table(tiny_models_dir, tmp_path):
     assert [r["model"] for r in results["rounds"]] == ["resnet20", "resnet18"] * 2
     assert results["meta"]["concurrency"] == 8
     assert "| resnet20 |" in (out / "ratio.md").read_text() and "round 2/2 resnet18" in done.stderr
+
+
+def test_rounds_on_the_pixels_payload_post_the_model_input_over_the_open_inference_protocol(tiny_models_dir, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "ratio"
+    command = [sys.executable, "-m", "bench.cli", "--models", str(tiny_models_dir), "--only", "resnet18",
+               "--payloads", "pixels", "--rounds", "1", "--duration-s", "0.5", "--warmup-s", "0.3",
+               "--raw-seconds", "0.02", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((out / "ratio.json").read_text())
+    assert results["meta"]["payload"] == "pixels" and results["rounds"][0]["service_images_per_s"] > 0
+    written = sorted(p.name for p in (out / "payloads").glob("pixels-*.npy"))
+    assert written == [f"pixels-resnet18-{i}.npy" for i in range(3)]
+    assert "payload pixels" in (out / "ratio.md").read_text()
+
+
+def test_rounds_refuse_the_12mp_payload(tiny_models_dir, tmp_path):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "bench.cli", "--models", str(tiny_models_dir), "--payloads", "12mp",
+               "--rounds", "1", "--out", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--rounds measures the photo or pixels payload" in done.stderr, done.stderr

@@ -137,7 +137,7 @@ def write_image_folder(root: Path, clear: int, ambiguous: int) -> Path:
 
 if __name__ == "__main__":
     # python tests/service/colour_models.py DIR [CLEAR AMBIGUOUS [DEEP_SIDE]]: DIR/models and DIR/data,
-    # for resnet-calibrate and bench.cascade by hand (docs/cascade.md, Measured); DEEP_SIDE > 8 makes
+    # for resnet-calibrate and `resnet-bench scenario cascade` by hand (docs/cascade.md, Measured); DEEP_SIDE > 8 makes
     # the deep model slow (write_model)
     import sys
 

@@ -105,7 +105,8 @@ def test_models_are_described(server, references):
         card = references[info["name"]].card
         assert list(info) == [
             "name", "arch", "depth", "num_classes", "input_size", "resize_size", "mean", "std", "interpolation",
-            "precision", "providers", "source_sha256", "val_top1", "val_top5", "exported_at", "default", "device_memory_bytes",
+            "precision", "providers", "source_sha256", "val_top1", "val_top5", "exported_at", "default", "abstain_threshold",
+            "device_memory_bytes",
         ]  # fmt: skip
         assert (info["arch"], info["depth"], info["num_classes"]) == (card.arch, card.depth, card.num_classes)
         assert (info["input_size"], info["precision"], info["source_sha256"]) == (

@@ -1,7 +1,7 @@
 """Fine-tuning (--init-from): the backbone loads, the head is replaced or kept, the two phases' learning
 rates, the checkpoint's card and provenance, a served answer naming the new classes, every refusal.
 
-The folders are crops of real photographs that scikit-image bundles (bench.finetune.photo_folder)."""
+The folders are crops of real photographs that scikit-image bundles (bench.studies.finetune.photo_folder)."""
 
 import json
 import os
@@ -17,7 +17,7 @@ import pytest
 import torch
 import torchvision
 
-from bench.finetune import photo_folder, stand_in_weights
+from bench.studies.finetune import photo_folder, stand_in_weights
 from training import checkpoint, cli, finetune, models, synthetic
 from training.config import TrainConfig
 from training.data import IMAGENET_MEAN, IMAGENET_STD

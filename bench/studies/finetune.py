@@ -1,7 +1,7 @@
-"""Fine-tuning against training from scratch, on a small folder of real photographs (issue 17).
+"""Fine-tuning against training from scratch, on a small folder of real photographs (docs/finetuning.md).
 
-    OMP_NUM_THREADS=1 python -m bench.finetune --out results/finetune --image-size 16 --steps 90 --source-steps 150
-    python -m bench.finetune --write-photos data/photos       # only write the photo folder, then exit
+    OMP_NUM_THREADS=1 python -m bench.studies.finetune --out results/finetune --image-size 16 --steps 90 --source-steps 150
+    python -m bench.studies.finetune --write-photos data/photos       # only write the photo folder, then exit
 
 The folder: five real photographs that scikit-image bundles (skimage.data: astronaut, chelsea the
 cat, coffee, rocket, the left stereo motorcycle) are the five classes. Each class gets random square
@@ -109,7 +109,7 @@ def checkpoint_metrics(run: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.finetune", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.studies.finetune", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="results/finetune", help="folder for the runs, results.json and table.md")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of the fine-tuning runs")
     parser.add_argument("--steps", type=int, default=180, help="optimizer steps of every run on the photos")

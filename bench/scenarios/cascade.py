@@ -1,7 +1,7 @@
 """The cascade scenario: model=auto against its ladder's shallowest and deepest rungs, on labelled images.
 
-    python -m bench.cascade --models models --data synthetic --out results/cascade
-    python -m bench.cascade --models models --data /data/imagenet --budget-ms 1000 --concurrency 1,16,64
+    resnet-bench scenario cascade --models models --data synthetic --out results/cascade
+    resnet-bench scenario cascade --models models --data /data/imagenet --budget-ms 1000 --concurrency 1,16,64
 
 Starts resnet-serve on --models (flags after `--` go to it), then runs closed-loop load at each
 concurrency for four targets: the shallowest rung alone, the deepest alone, `auto`, and `auto` with
@@ -23,14 +23,18 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+import cliconfig
 from artifact import write_atomically
 from bench import servers
+from bench.config import BenchError, check_headers, redacted
 from bench.load import Connection
 from service.depth.calibrate import folder_images, synthetic_images
 
 
-async def closed_loop(url: str, path: str, payloads, labels, concurrency: int, warmup_s: float, duration_s: float):
+async def closed_loop(url: str, path: str, payloads, labels, concurrency: int, warmup_s: float, duration_s: float,
+                      headers: tuple[str, ...] = ()):
     """`concurrency` connections posting the labelled images in turn; every answer in the window counts."""
+    extra = "".join(f"{header}\r\n" for header in headers)
     target = urlsplit(url)
     loop = asyncio.get_running_loop()
     window_start = loop.time() + warmup_s
@@ -43,7 +47,7 @@ async def closed_loop(url: str, path: str, payloads, labels, concurrency: int, w
             while (sent := loop.time()) < window_end:
                 i = next(next_image) % len(payloads)
                 try:
-                    status, body = await connection.request("POST", path, payloads[i], "image/png")
+                    status, body = await connection.request("POST", path, payloads[i], "image/png", extra)
                 except (OSError, asyncio.IncompleteReadError, ValueError) as error:
                     await connection.close()
                     status, body = type(error).__name__, b""
@@ -96,10 +100,10 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m bench.cascade: start the service, run the scenario, write cascade.json and cascade.md."""
+    """resnet-bench scenario cascade: start the service, run the scenario, write cascade.json and cascade.md."""
     argv = sys.argv[1:] if argv is None else argv
     own, serve_args = (argv[: argv.index("--")], tuple(argv[argv.index("--") + 1 :])) if "--" in argv else (argv, ())
-    parser = argparse.ArgumentParser(prog="python -m bench.cascade", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="resnet-bench scenario cascade", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=Path, required=True)
     parser.add_argument("--data", default="synthetic", help="'synthetic' or an ImageNet-style folder (its val/)")
     parser.add_argument("--images", type=int, default=2000, help="labelled images posted in turn")
@@ -108,16 +112,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-s", type=float, default=2.0)
     parser.add_argument("--duration-s", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=Path("results/cascade"))
+    parser.add_argument("--header", action="append", default=[], dest="headers", metavar="'NAME: VALUE'",
+                        help="an HTTP header on every request, e.g. an API key (repeatable)")
     args = parser.parse_args(own)
-    args.out.mkdir(parents=True, exist_ok=True)
-    service = servers.start_service(args.models, "", serve_args, args.out)
+    args.headers = tuple(args.headers)
     try:
-        with urllib.request.urlopen(service.url + "/models", timeout=10) as answer:
-            listing = json.load(answer)
+        check_headers(args.headers)
+    except BenchError as error:
+        return cliconfig.fail("resnet-bench scenario cascade", error)
+    args.out.mkdir(parents=True, exist_ok=True)
+    service = servers.start_service(args.models, "", serve_args, args.out, args.headers)
+
+    def get(path: str) -> dict:
+        request = urllib.request.Request(service.url + path, headers=service.header_dict)
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return json.load(answer)
+
+    try:
+        listing = get("/models")
         rungs = [r["name"] for r in listing["ladder"]]
         depths = {r["name"]: r["depth"] for r in listing["ladder"]}
-        card_ids = [c["class_id"] for c in json.load(urllib.request.urlopen(
-            f"{service.url}/models/{rungs[0]}", timeout=10))["classes"]]  # fmt: skip
+        card_ids = [c["class_id"] for c in get(f"/models/{rungs[0]}")["classes"]]
         if args.data == "synthetic":
             size = next(m["resize_size"] for m in listing["models"] if m["name"] == rungs[0])
             payloads, labels = synthetic_images(args.images, size, tuple(card_ids), seed=1)
@@ -134,13 +149,14 @@ def main(argv: list[str] | None = None) -> int:
             for name, path in targets.items():
                 started = time.monotonic()
                 answers = asyncio.run(closed_loop(service.url, path, payloads, labels, concurrency,
-                                                  args.warmup_s, args.duration_s))  # fmt: skip
+                                                  args.warmup_s, args.duration_s, args.headers))  # fmt: skip
                 rows.append({"target": name, "concurrency": concurrency,
                              **summarise(answers, args.duration_s, depths)})  # fmt: skip
-                print(f"bench.cascade: {name} at {concurrency} ({time.monotonic() - started:.0f} s)", file=sys.stderr)
+                print(f"resnet-bench scenario cascade: {name} at {concurrency} ({time.monotonic() - started:.0f} s)",
+                      file=sys.stderr)
     finally:
         service.stop()
-    result = {"command": "python -m bench.cascade " + " ".join(argv), "auto": listing["auto"],
+    result = {"command": "resnet-bench scenario cascade " + " ".join(redacted(argv)), "auto": listing["auto"],
               "ladder": listing["ladder"], "rows": rows}  # fmt: skip
     write_atomically(args.out / "cascade.json", lambda f: f.write(json.dumps(result, indent=1).encode()))
     text = table(rows)

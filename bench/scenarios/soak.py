@@ -1,4 +1,4 @@
-"""The soak scenario of resnet-bench (bench/scenarios.py): both models at saturation for a long
+"""The soak scenario of resnet-bench (bench/scenarios/cli.py): both models at saturation for a long
 while, every answer counted, the server's memory, threads and open files sampled each second."""
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ def threads_fds(pid: int) -> tuple[int, int]:
     return len(os.listdir(f"/proc/{pid}/task")), len(os.listdir(f"/proc/{pid}/fd"))
 
 
-async def _soak_load(url: str, bodies: list[tuple[str, dict]], clients: int, duration_s: float) -> dict[str, int]:
+async def _soak_load(url: str, bodies: list[tuple[str, dict]], clients: int, duration_s: float,
+                     headers: dict[str, str]) -> dict[str, int]:
     """`clients` closed-loop connections posting `bodies` in turn to both models; status -> count."""
     import httpx
 
@@ -43,7 +44,7 @@ async def _soak_load(url: str, bodies: list[tuple[str, dict]], clients: int, dur
             counts[f"{kind} {status}"] = counts.get(f"{kind} {status}", 0) + 1
 
     limits = httpx.Limits(max_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits, headers=headers) as http:
         await asyncio.gather(*(client(i, http) for i in range(clients)))
     return counts
 
@@ -67,7 +68,7 @@ def soak(server, files, args) -> dict:
     sampler = threading.Thread(target=sample)
     sampler.start()
     try:
-        counts = asyncio.run(_soak_load(server.url, bodies, args.clients, args.duration_s))
+        counts = asyncio.run(_soak_load(server.url, bodies, args.clients, args.duration_s, server.header_dict))
     finally:
         done.set()
         sampler.join()

@@ -1,7 +1,7 @@
 """Export cost and ONNX Runtime CPU throughput of fp32, fp16 and int8, measured side by side.
 
-    python -m bench.precisions CHECKPOINT [CHECKPOINT ...] --out results/export-bench
-    python -m bench.precisions results/models/checkpoints/resnet18.pt --batches 1,8 --rounds 5
+    python -m bench.studies.precisions CHECKPOINT [CHECKPOINT ...] --out results/export-bench
+    python -m bench.studies.precisions results/models/checkpoints/resnet18.pt --batches 1,8 --rounds 5
 
 For each checkpoint it runs resnet-export three times (fp32, fp16, int8) into OUT, timing each
 export end to end (trace, verification, calibration, write) and recording the file size. Then it
@@ -41,7 +41,7 @@ class PrecisionBenchConfig:
 
     checkpoints: tuple[Path, ...]  # resnet-train checkpoints, each exported in every precision
     out: Path = Path("results/export-bench")  # models folder for the exports and benchmark.json
-    batches: tuple[int, ...] = (1, 8)  # batch sizes measured (issue 3: 1 and 8)
+    batches: tuple[int, ...] = (1, 8)  # batch sizes measured: one request alone, and a served batch
     rounds: int = 5  # interleaved measuring rounds; the median is reported
     seconds: float = 2.0  # wall time per model, batch size and round
     threads: int = 0  # ONNX Runtime intra-op threads; 0 = one per available CPU, as resnet-serve
@@ -116,20 +116,20 @@ def table(models: list[dict], rows: list[Row]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: python -m bench.precisions."""
+    """Entry point: python -m bench.studies.precisions."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         config = PrecisionBenchConfig(**cliconfig.Parser(
-            PrecisionBenchConfig, prog="python -m bench.precisions", description=__doc__.split("\n\n")[0],
+            PrecisionBenchConfig, prog="python -m bench.studies.precisions", description=__doc__.split("\n\n")[0],
             positional=("checkpoints",)).parse(argv))
     except cliconfig.UsageError as error:
-        return cliconfig.fail("python -m bench.precisions", error)
+        return cliconfig.fail("python -m bench.studies.precisions", error)
     load_before = os.getloadavg()
     models = export_all(config)
     rows = measure(models, config)
     print(table(models, rows))
     report = {
-        "command": "python -m bench.precisions " + " ".join(argv),
+        "command": "python -m bench.studies.precisions " + " ".join(argv),
         "git_commit": git_commit(),
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "onnxruntime": ort.__version__,
                     # other processes on the box skew every number alike; this says how busy it was

@@ -1,13 +1,13 @@
 """The Open Inference Protocol's cost against /classify: the same images, the same model, one server.
 
-Issue 11's target: through /v2/models/{name}/infer (binary framing, image bytes in, top-5
-classification out) the service keeps at least 95% of /classify's throughput at concurrency 16,
-for resnet18 fp32 at 224 px (a deep model would hide the overhead). Rounds alternate the two
+The target (TARGET; results in docs/oip.md): through /v2/models/{name}/infer (binary framing, image
+bytes in, top-5 classification out) the service keeps at least 95% of /classify's throughput at
+concurrency 16, for resnet18 fp32 at 224 px (a deep model would hide the overhead). Rounds alternate the two
 protocols against one resnet-serve process, so drift in the machine's load hits both alike; the
 table gives each protocol's mean and range over the rounds and the ratio of the means.
 
-    python -m bench.oip_compare --out results/oip     # builds the bench's resnet18 fp32 224 px model
-    python -m bench.oip_compare --models results/oip-models --rounds 3 --duration-s 10 -- --providers cpu
+    python -m bench.studies.oip_compare --out results/oip     # builds the bench's resnet18 fp32 224 px model
+    python -m bench.studies.oip_compare --models results/oip-models --rounds 3 --duration-s 10 -- --providers cpu
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 from artifact import write_atomically
 from bench import oip, payloads, servers
 
-TARGET = 0.95  # OIP throughput / /classify throughput, at least (issue 11)
+TARGET = 0.95  # OIP throughput / /classify throughput, at least
 MODEL = "resnet18"
 
 
@@ -52,7 +52,7 @@ def run(models: Path, out: Path, concurrency: int, rounds: int, warmup_s: float,
                              "max": max(rates), "mean_p50_ms": round(statistics.mean(p50s), 2)}
     ratio = summary["oip"]["mean_images_per_s"] / summary["classify"]["mean_images_per_s"]
     return {
-        "command": " ".join(["python -m bench.oip_compare", *sys.argv[1:]]),
+        "command": " ".join(["python -m bench.studies.oip_compare", *sys.argv[1:]]),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "load_average_start": load_start, "load_average_end": os.getloadavg(),
         "model": MODEL, "concurrency": concurrency, "serve_args": list(serve_args), "cpus": os.cpu_count(), "runs": runs, "summary": summary,
@@ -71,7 +71,7 @@ def table(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.oip_compare", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.studies.oip_compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=Path, help="folder with resnet18/model.onnx (default: build OUT/models)")
     parser.add_argument("--out", type=Path, default=Path("results/oip"))
     parser.add_argument("--concurrency", type=int, default=16)

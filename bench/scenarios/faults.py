@@ -1,4 +1,4 @@
-"""The faults scenario of resnet-bench (bench/scenarios.py): a model file replaced while serving,
+"""The faults scenario of resnet-bench (bench/scenarios/cli.py): a model file replaced while serving,
 SIGTERM under load, kill -9 under load and a restart.
 
 SIGTERM under load is 32 closed-loop clients on resnet18, half on kept-alive connections and half
@@ -23,12 +23,13 @@ from pathlib import Path
 from bench import servers
 
 
-def _post_all(url: str, data: bytes, count: int) -> list[str]:
+def _post_all(server, data: bytes, count: int) -> list[str]:
     """`count` concurrent uploads to resnet18; each one's status, or the exception's name."""
     import httpx
 
     async def run() -> list[str]:
-        async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=count)) as http:
+        limits = httpx.Limits(max_connections=count)
+        async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits, headers=server.header_dict) as http:
             async def one() -> str:
                 try:
                     response = await http.post("/classify", content=data, headers={"Content-Type": "image/jpeg"})
@@ -80,7 +81,7 @@ def _sigterm_under_load(server, data: bytes) -> dict:
 
     async def run() -> None:
         limits = httpx.Limits(max_connections=SIGTERM_CLIENTS)
-        async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as http:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits, headers=server.header_dict) as http:
             kept, closing = {"Content-Type": "image/jpeg"}, {"Content-Type": "image/jpeg", "Connection": "close"}
             tasks = [asyncio.create_task(client(http, kept if i % 2 else closing)) for i in range(SIGTERM_CLIENTS)]
             await asyncio.sleep(SIGTERM_AFTER_S)
@@ -107,14 +108,15 @@ def faults(server, files, args) -> dict:
     data = Path(files[0]).read_bytes()
     result: dict = {}
     # 1. A model file replaced on disk while serving changes no answer (the session holds the graph).
-    before = httpx.post(server.url + "/classify", content=data, headers={"Content-Type": "image/jpeg"}).json()
+    jpeg = {**server.header_dict, "Content-Type": "image/jpeg"}
+    before = httpx.post(server.url + "/classify", content=data, headers=jpeg).json()
     target = args.models / "resnet18" / "model.onnx"
     saved = target.with_name("model.onnx.saved")
     shutil.copy2(target, saved)
     try:
         shutil.copy2(args.models / "resnet152" / "model.onnx", target.with_name("model.onnx.tmp"))
         os.replace(target.with_name("model.onnx.tmp"), target)
-        after = httpx.post(server.url + "/classify", content=data, headers={"Content-Type": "image/jpeg"}).json()
+        after = httpx.post(server.url + "/classify", content=data, headers=jpeg).json()
     finally:
         os.replace(saved, target)
     result["replaced_file_same_answer"] = before == after
@@ -122,17 +124,17 @@ def faults(server, files, args) -> dict:
     # running, 503 draining if it came after), the rest refused at connect. Its own server, logging
     # at info, so that its count of connections at SIGTERM is in its log.
     serve_args = (*args.serve_args, "--log-level", "info")
-    with servers.start_service(args.models, "resnet18", serve_args, args.out / "sigterm") as drained:
+    with servers.start_service(args.models, "resnet18", serve_args, args.out / "sigterm", args.headers) as drained:
         result["sigterm_under_load"] = _sigterm_under_load(drained, data)
     # 3. kill -9 under load, then a restart: ready again and serving.
-    with servers.start_service(args.models, "resnet18", tuple(args.serve_args), args.out) as second:
-        loader = threading.Thread(target=lambda: _post_all(second.url, data, 32))
+    with servers.start_service(args.models, "resnet18", tuple(args.serve_args), args.out, args.headers) as second:
+        loader = threading.Thread(target=lambda: _post_all(second, data, 32))
         loader.start()
         time.sleep(0.5)
         second.process.kill()
         loader.join()
     started = time.monotonic()
-    with servers.start_service(args.models, "resnet18", tuple(args.serve_args), args.out) as third:
+    with servers.start_service(args.models, "resnet18", tuple(args.serve_args), args.out, args.headers) as third:
         result["restart_to_ready_s"] = time.monotonic() - started
-        result["after_restart"] = _post_all(third.url, data, 4)
+        result["after_restart"] = _post_all(third, data, 4)
     return result
