@@ -20,6 +20,8 @@ import cliconfig
 
 ENV_PREFIX = "RESNET_SERVE_"
 PROVIDER_NAMES = ("cuda", "cpu")  # runtime.PROVIDERS maps these to ONNX Runtime's names
+CONV_ALGO_SEARCH = ("exhaustive", "heuristic", "default")  # ORT's EXHAUSTIVE, HEURISTIC, DEFAULT
+ARENA_STRATEGIES = ("same_as_requested", "next_power_of_two")  # engine/cuda.py maps them to ORT's
 
 
 class ConfigError(cliconfig.UsageError):
@@ -143,11 +145,11 @@ class ServeConfig:
             raise ConfigError(f"providers must be a list of {PROVIDER_NAMES}, got {','.join(self.providers)!r}")
         if self.cuda_device_id < 0:
             raise ConfigError(f"cuda_device_id must be >= 0, got {self.cuda_device_id!r}")
-        if self.cudnn_conv_algo_search not in ("exhaustive", "heuristic", "default"):
+        if self.cudnn_conv_algo_search not in CONV_ALGO_SEARCH:
             raise ConfigError(
                 f"cudnn_conv_algo_search must be exhaustive, heuristic or default, got {self.cudnn_conv_algo_search!r}"
             )
-        if self.cuda_arena_extend_strategy not in ("same_as_requested", "next_power_of_two"):
+        if self.cuda_arena_extend_strategy not in ARENA_STRATEGIES:
             raise ConfigError(
                 "cuda_arena_extend_strategy must be same_as_requested or next_power_of_two, "
                 f"got {self.cuda_arena_extend_strategy!r}"

@@ -42,10 +42,6 @@ import numpy as np
 log = logging.getLogger("service.engine.cuda")
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
-CONV_ALGO_SEARCH = ("exhaustive", "heuristic", "default")  # ORT: EXHAUSTIVE, HEURISTIC, DEFAULT
-# Which exported precision of one network to serve on each device, best first: float16 convolutions
-# run on a GPU's tensor cores, while ONNX Runtime's CPU provider computes an fp16 graph in float32.
-PRECISION_PREFERENCE = {"cuda": ("fp16", "fp32"), "cpu": ("fp32", "fp16")}
 
 
 @dataclass(frozen=True)
@@ -77,18 +73,14 @@ def probe() -> GpuProbe:
     return GpuProbe(count.value, "")
 
 
+# ServeConfig's names (checked there, service/config.py) to ONNX Runtime's option values.
 ARENA_STRATEGIES = {"same_as_requested": "kSameAsRequested", "next_power_of_two": "kNextPowerOfTwo"}
 
 
 def provider_options(device_id: int = 0, conv_algo_search: str = "heuristic",
                      arena: str = "same_as_requested", graphs: bool = False) -> dict[str, str]:
-    """The CUDA provider's options for a serving process (the module docstring says why each)."""
-    if arena not in ARENA_STRATEGIES:
-        raise ValueError(f"arena_extend_strategy must be one of {sorted(ARENA_STRATEGIES)}, got {arena!r}")
-    if device_id < 0:
-        raise ValueError(f"cuda device id must be >= 0, got {device_id}")
-    if conv_algo_search not in CONV_ALGO_SEARCH:
-        raise ValueError(f"cudnn_conv_algo_search must be one of {CONV_ALGO_SEARCH}, got {conv_algo_search!r}")
+    """The CUDA provider's options for a serving process (the module docstring says why each);
+    the values are ServeConfig's, validated there."""
     return {
         "device_id": str(device_id),
         "arena_extend_strategy": ARENA_STRATEGIES[arena],

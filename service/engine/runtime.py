@@ -17,12 +17,12 @@ import onnxruntime as ort
 
 from artifact import ArtifactError, ModelCard
 from service.engine import cuda, sized
+from service.engine.tensors import ORT_DTYPES
 from service.config import ServeConfig, available_cpus
 
 log = logging.getLogger("service.engine.runtime")
 
 PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
-_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 # The graph input types each card's input_dtype allows (issue 16: uint8 pixels, normalised in the graph).
 _CARD_DTYPES = {"float32": ("tensor(float)", "tensor(float16)"), "uint8": ("tensor(uint8)",)}
 
@@ -234,7 +234,7 @@ def load_model(path: Path, config: ServeConfig, threads: int | None = None) -> L
             ", ".join(providers),
             extra={"model": card.name, "providers": list(providers)},
         )
-    model = LoadedModel(card, session, path, providers, _ORT_DTYPES[node.type])
+    model = LoadedModel(card, session, path, providers, ORT_DTYPES[node.type])
     if model.device == "cuda" or config.sized_on_cpu:
         model.runner = sized_runner(model, config, threads)
     if free_before is not None and model.device == "cuda":

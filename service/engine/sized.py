@@ -29,10 +29,10 @@ import numpy as np
 import onnxruntime as ort
 
 from service.engine import cuda
+from service.engine.tensors import ORT_DTYPES
 
 log = logging.getLogger("service.engine.sized")
 
-NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 GRAPH_ID = "gpu_graph_id"  # ORT's run option naming which captured CUDA graph a run replays
 # ORT's CUDA provider runs a graph normally a time or two before it captures it: a failure in any of
 # the first runs of a size may be the capture's.
@@ -119,8 +119,8 @@ class SizedRunner:
         first = sessions[self.sizes[0]]
         inputs = {node.name: node for node in first.get_inputs()}
         outputs = {node.name: node for node in first.get_outputs()}
-        self.input_dtype = NUMPY_TYPES[inputs[self.input_name].type]
-        self.output_dtype = NUMPY_TYPES[outputs[self.output_name].type]
+        self.input_dtype = ORT_DTYPES[inputs[self.input_name].type]
+        self.output_dtype = ORT_DTYPES[outputs[self.output_name].type]
         self.item_shape = tuple(int(d) for d in inputs[self.input_name].shape[1:])
         self.classes = int(outputs[self.output_name].shape[1])  # a fixed dimension in our exports
         self.rungs = {size: _Rung(size, sessions[size], index, self) for index, size in enumerate(self.sizes)}

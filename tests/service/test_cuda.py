@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -70,12 +71,13 @@ def test_provider_options_are_the_documented_serving_ones():
     }
     assert cuda.provider_options()["cudnn_conv_algo_search"] == "HEURISTIC"
     assert cuda.provider_options(arena="next_power_of_two")["arena_extend_strategy"] == "kNextPowerOfTwo"
-    with pytest.raises(ValueError, match="arena_extend_strategy"):
-        cuda.provider_options(arena="grow")
-    with pytest.raises(ValueError, match="device id"):
-        cuda.provider_options(-1)
-    with pytest.raises(ValueError, match="cudnn_conv_algo_search"):
-        cuda.provider_options(0, "fastest")
+    # The values are checked once, where the settings are read.
+    with pytest.raises(ConfigError, match="cuda_arena_extend_strategy"):
+        ServeConfig(models=Path("m"), cuda_arena_extend_strategy="grow")
+    with pytest.raises(ConfigError, match="cuda_device_id"):
+        ServeConfig(models=Path("m"), cuda_device_id=-1)
+    with pytest.raises(ConfigError, match="cudnn_conv_algo_search"):
+        ServeConfig(models=Path("m"), cudnn_conv_algo_search="fastest")
 
 
 def test_config_carries_and_checks_the_cuda_settings(tmp_path):

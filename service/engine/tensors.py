@@ -1,0 +1,5 @@
+"""ONNX Runtime's tensor type names (`NodeArg.type`) as numpy dtypes: the one table both session paths read."""
+
+import numpy as np
+
+ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
