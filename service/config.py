@@ -65,10 +65,10 @@ class ServeConfig:
     max_body_bytes: int = _opt(20_000_000, "largest request body, in bytes (413 beyond)")
     max_pixels: int = _opt(50_000_000, "largest image, in pixels (width x height), read from its header (413 beyond)")
     max_images: int = _opt(32, "most images in one multipart upload (413 beyond)")
-    # 0 gives every model every core; the measurements behind it: runtime.model_threads.
+    # 0 gives every model every core (engine/runtime.model_threads says why).
     intra_op_threads: int = _opt(0, "ONNX Runtime threads per model instance; 0 = the available CPUs shared by its instances")
     # Triton's instance_group count: 1 keeps a lone request on every core; 2 served more at load on
-    # the 2-core box (runtime.model_threads has the measurements).
+    # the 2-core box (docs/performance-per-image.md).
     instances: int = _opt(1, "batches of one model that run at once, each on its own thread (1 on CUDA)")
     decode_threads: int = _opt(0, "threads decoding and preprocessing images; 0 = one per available CPU")
     request_timeout_s: float = _opt(30.0, "deadline of a request from arrival, in seconds (504 beyond)")

@@ -23,7 +23,7 @@ from service.config import ServeConfig, available_cpus
 log = logging.getLogger("service.engine.runtime")
 
 PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
-# The graph input types each card's input_dtype allows (issue 16: uint8 pixels, normalised in the graph).
+# The graph input types each card's input_dtype allows (uint8: pixels, normalised in the graph).
 _CARD_DTYPES = {"float32": ("tensor(float)", "tensor(float16)"), "uint8": ("tensor(uint8)",)}
 
 
@@ -101,22 +101,10 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 def model_threads(config: ServeConfig) -> int:
     """Intra-op threads for each model's session: the configured number, or every available CPU.
 
-    Issue 12 tried giving each model a disjoint share of the cores, so that a flood on one model
-    could not slow another's batches. Measured on the idle 2-core box (docs/robustness.md, Two models
-    at once; docs/performance-per-image.md), the share cost a model serving alone half the machine
-    (0.45-0.55x raw ONNX Runtime at 8 clients, against 0.68-0.79x with every core), while the
-    isolation came from the fair decode queue (pipeline.py): with every core per model, a resnet18
-    client's p50 under a 32-client resnet152 flood was 2.1x its idle p50 (3.8 -> 8.0 ms) and mixed
-    throughput 1.02x the time-shared ideal. So every session gets every core; --intra-op-threads N
-    sets a share where isolation matters more than a single model's speed.
-
-    With `--instances N` (pipeline.py), N batches of the model run at once in one session, and each
-    run gets an equal share of the cores: N runs of one thread each keep every core busy without
-    splitting one run's small operators across threads. Measured on the idle 2-core box at 8 clients
-    (docs/performance-per-image.md, two instances per model), two instances served 3-42% more
-    images per second than one, for fp32 and int8 resnet18 and resnet152, but at concurrency 1 a
-    request ran on one core instead of two (fp32 resnet18 24.5 against 34.3 img/s). So the default
-    stays one instance, and two is the setting for a service that runs at load.
+    Every session gets every core: a disjoint share per model cost a model serving alone half the
+    machine, while the isolation it was for comes from the fair decode queue (pipeline.py); with
+    `--instances N`, N runs of one model share the cores equally. The measurements behind both are
+    in docs/robustness.md (Two models at once) and docs/performance-per-image.md (two instances).
     """
     return config.intra_op_threads or max(1, available_cpus() // config.instances)
 
