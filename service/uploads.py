@@ -1,4 +1,5 @@
-"""A classification request's body to the image bytes it carries: a raw image, or multipart files.
+"""A classification request's body to the image bytes it carries: a raw image, multipart files, or a
+JSON object of base64 strings (what a browser's `fetch()` or a web developer sends most easily).
 
 The multipart body is parsed as it streams in, straight into memory, with the `multipart` package
 that Litestar itself uses. Litestar's own `request.form()` would spool every file over 1 MB into a
@@ -8,29 +9,41 @@ already bounds the memory.
 
 from __future__ import annotations
 
+import binascii
+import math
 from typing import AsyncIterator
 
+import msgspec
 from multipart import ParserError, ParserLimitReached, PushMultipartParser
 
-from service.errors import BadImage, BodyTooLarge, TooManyImages, UnsupportedMediaType
+from service.errors import BadImage, BadJson, BodyTooLarge, TooManyImages, UnsupportedMediaType
 from artifact.preprocess import MEDIA_TYPES
 
 MULTIPART = "multipart/form-data"
+JSON = "application/json"
 EXTRA_PARTS = 16  # form fields without a file that an upload may carry beside its images (ignored)
+# What a JSON body may hold beyond the base64 itself: per image its padding, quotes, comma, a
+# `data:image/...;base64,` prefix and some whitespace; once, the object around the list.
+JSON_BYTES_PER_IMAGE = 128
+JSON_ENVELOPE_BYTES = 1024
 _ACCEPTED = (
-    f"image/jpeg, image/png, image/gif, image/bmp, image/tiff, image/webp, application/octet-stream or {MULTIPART}"
+    "image/jpeg, image/png, image/gif, image/bmp, image/tiff, image/webp, application/octet-stream, "
+    f"{MULTIPART} or {JSON}"
 )
+_JSON_SHAPE = '{"images": ["<base64>", ...]} or {"image": "<base64>"}'
 
 
 def body_kind(content_type: str) -> str:
-    """'raw' or 'multipart' for a request's (lower-cased, parameter-free) Content-Type; 415 otherwise."""
+    """'raw', 'multipart' or 'json' for a request's (lower-cased, parameter-free) Content-Type; 415 otherwise."""
     if content_type in MEDIA_TYPES:
         return "raw"
     if content_type == MULTIPART:
         return "multipart"
+    if content_type == JSON:
+        return "json"
     shown = content_type or "no Content-Type"
     raise UnsupportedMediaType(
-        f"unsupported media type {shown!r}: send {_ACCEPTED}", accepted=sorted(MEDIA_TYPES | {MULTIPART})
+        f"unsupported media type {shown!r}: send {_ACCEPTED}", accepted=sorted(MEDIA_TYPES | {MULTIPART, JSON})
     )
 
 
@@ -106,3 +119,75 @@ def _start_part(segment, count: int, max_images: int) -> bytearray | None:
     if count >= max_images:
         raise TooManyImages(f"a multipart upload holds at most {max_images} images", max_images=max_images)
     return bytearray()
+
+
+def json_body_limit(max_body_bytes: int, max_images: int, read_budget_bytes: int) -> int:
+    """The largest JSON body: max_body_bytes of images once base64-encoded (4/3), plus the JSON around
+    them; never more than the read budget, which could otherwise never admit it (503 forever)."""
+    encoded = 4 * math.ceil(max_body_bytes / 3)
+    return min(encoded + max_images * JSON_BYTES_PER_IMAGE + JSON_ENVELOPE_BYTES, read_budget_bytes)
+
+
+class _JsonBody(msgspec.Struct, forbid_unknown_fields=True):
+    images: list[str] | None = None
+    image: str | None = None
+
+
+async def read_json(stream: AsyncIterator[bytes], limit: int, max_bytes: int, max_images: int) -> list[bytes]:
+    """The images of a JSON body, in order: 413 past `limit` bytes of JSON (json_body_limit), past
+    max_bytes decoded, or past max_images; 400 `bad_json` naming what is wrong with the body."""
+    chunks, size = [], 0
+    async for chunk in stream:
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(
+                f"the JSON body is over the limit of {limit} bytes "
+                f"(max_body_bytes = {max_bytes} of images, base64-encoded, plus the JSON around them)",
+                max_body_bytes=max_bytes, max_json_body_bytes=limit,
+            )  # fmt: skip
+        chunks.append(chunk)
+    return decode_json(b"".join(chunks), max_bytes, max_images)
+
+
+def decode_json(body: bytes, max_bytes: int, max_images: int) -> list[bytes]:
+    """The image bytes in a JSON body (see read_json); a `data:...;base64,` URL prefix is allowed."""
+    try:
+        parsed = msgspec.json.decode(body, type=_JsonBody)
+    except msgspec.ValidationError as error:
+        raise BadJson(f"the JSON body must be {_JSON_SHAPE}: {error}") from None
+    except msgspec.DecodeError as error:
+        raise BadJson(f"the body is not valid JSON: {error}") from None
+    if (parsed.images is None) == (parsed.image is None):
+        raise BadJson(f"the JSON body must be {_JSON_SHAPE}, with exactly one of the two keys")
+    if parsed.image is not None:
+        texts, names = [parsed.image], ["image"]
+    else:
+        texts, names = parsed.images, [f"images[{i}]" for i in range(len(parsed.images))]
+    if not texts:
+        raise BadJson('the JSON body\'s "images" list is empty: send at least one image')
+    if len(texts) > max_images:
+        raise TooManyImages(
+            f"a JSON body holds at most {max_images} images, got {len(texts)}", max_images=max_images
+        )
+    images, size = [], 0
+    for name, text in zip(names, texts):
+        image = _base64(name, text)
+        size += len(image)
+        if size > max_bytes:
+            raise BodyTooLarge(
+                f"the decoded images are over the limit of {max_bytes} bytes", max_body_bytes=max_bytes
+            )
+        images.append(image)
+    return images
+
+
+def _base64(name: str, text: str) -> bytes:
+    """One image's bytes from standard base64 (RFC 4648 section 4, padded), or a base64 data: URL."""
+    if text.startswith("data:"):
+        header, comma, text = text.partition(",")
+        if not comma or not header.endswith(";base64"):
+            raise BadJson(f"{name} is a data: URL without ';base64,': send the image base64-encoded")
+    try:
+        return binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError) as error:  # ValueError: a non-ASCII character
+        raise BadJson(f"{name} is not valid base64 ({error}); {len(text)} characters") from None
