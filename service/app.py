@@ -95,6 +95,7 @@ async def _classify(
         limit = config.max_body_bytes
         if kind == "json":  # JSON body: base64 images, so a larger limit in bytes (uploads.json_body_limit)
             limit = uploads.json_body_limit(config.max_body_bytes, config.max_images, config.read_budget_bytes)
+            uploads.check_json_length(request.content_length, limit, config.max_body_bytes)
         # Refused from the headers, before a byte of the body is read (service/admission.py).
         ticket = admission.admit(pipeline, service.read_budget, request.content_length, limit)
         deadline = started + config.request_timeout_s

@@ -128,6 +128,20 @@ def json_body_limit(max_body_bytes: int, max_images: int, read_budget_bytes: int
     return min(encoded + max_images * JSON_BYTES_PER_IMAGE + JSON_ENVELOPE_BYTES, read_budget_bytes)
 
 
+def check_json_length(content_length: int | None, limit: int, max_bytes: int) -> None:
+    """413 from the headers for a JSON body that announces more than `limit` (json_body_limit)."""
+    if (content_length or 0) > limit:
+        raise _json_too_large(limit, max_bytes)
+
+
+def _json_too_large(limit: int, max_bytes: int) -> BodyTooLarge:
+    return BodyTooLarge(
+        f"the JSON body is over the limit of {limit} bytes "
+        f"(max_body_bytes = {max_bytes} of images, base64-encoded, plus the JSON around them)",
+        max_body_bytes=max_bytes, max_json_body_bytes=limit,
+    )  # fmt: skip
+
+
 class _JsonBody(msgspec.Struct, forbid_unknown_fields=True):
     images: list[str] | None = None
     image: str | None = None
@@ -140,11 +154,7 @@ async def read_json(stream: AsyncIterator[bytes], limit: int, max_bytes: int, ma
     async for chunk in stream:
         size += len(chunk)
         if size > limit:
-            raise BodyTooLarge(
-                f"the JSON body is over the limit of {limit} bytes "
-                f"(max_body_bytes = {max_bytes} of images, base64-encoded, plus the JSON around them)",
-                max_body_bytes=max_bytes, max_json_body_bytes=limit,
-            )  # fmt: skip
+            raise _json_too_large(limit, max_bytes)
         chunks.append(chunk)
     return decode_json(b"".join(chunks), max_bytes, max_images)
 
