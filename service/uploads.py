@@ -9,6 +9,7 @@ already bounds the memory.
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import math
 from typing import AsyncIterator
@@ -26,6 +27,7 @@ EXTRA_PARTS = 16  # form fields without a file that an upload may carry beside i
 # `data:image/...;base64,` prefix and some whitespace; once, the object around the list.
 JSON_BYTES_PER_IMAGE = 128
 JSON_ENVELOPE_BYTES = 1024
+INLINE_JSON_BYTES = 1 << 20  # decoded on the event loop up to here (about 1 ms), in a thread beyond
 _ACCEPTED = (
     "image/jpeg, image/png, image/gif, image/bmp, image/tiff, image/webp, application/octet-stream, "
     f"{MULTIPART} or {JSON}"
@@ -142,7 +144,16 @@ def _json_too_large(limit: int, max_bytes: int) -> BodyTooLarge:
     )  # fmt: skip
 
 
-class _JsonBody(msgspec.Struct, forbid_unknown_fields=True):
+class _JsonImages(msgspec.Struct, forbid_unknown_fields=True):
+    """The body with msgspec decoding the base64 itself (in C: a 12 MP photo's in 2.5 ms, 10 ms with binascii)."""
+
+    images: list[bytes] | None = None
+    image: bytes | None = None
+
+
+class _JsonText(msgspec.Struct, forbid_unknown_fields=True):
+    """The same body as text: for data: URLs, and to say why a string is not base64."""
+
     images: list[str] | None = None
     image: str | None = None
 
@@ -156,39 +167,41 @@ async def read_json(stream: AsyncIterator[bytes], limit: int, max_bytes: int, ma
         if size > limit:
             raise _json_too_large(limit, max_bytes)
         chunks.append(chunk)
-    return decode_json(b"".join(chunks), max_bytes, max_images)
+    body = b"".join(chunks)
+    if len(body) > INLINE_JSON_BYTES:  # a large body decodes off the event loop
+        return await asyncio.to_thread(decode_json, body, max_bytes, max_images)
+    return decode_json(body, max_bytes, max_images)
 
 
 def decode_json(body: bytes, max_bytes: int, max_images: int) -> list[bytes]:
-    """The image bytes in a JSON body (see read_json); a `data:...;base64,` URL prefix is allowed."""
+    """The image bytes in a JSON body (see read_json); a `data:...;base64,` URL is allowed for each."""
     try:
-        parsed = msgspec.json.decode(body, type=_JsonBody)
+        parsed = msgspec.json.decode(body, type=_JsonImages)
     except msgspec.ValidationError as error:
-        raise BadJson(f"the JSON body must be {_JSON_SHAPE}: {error}") from None
+        if "base64" not in str(error):  # msgspec names the JSON type it expected by the Python one
+            why = str(error).replace("`bytes`", "a base64 `str`")
+            raise BadJson(f"the JSON body must be {_JSON_SHAPE}: {why}") from None
+        parsed = _from_text(body)
     except msgspec.DecodeError as error:
         raise BadJson(f"the body is not valid JSON: {error}") from None
     if (parsed.images is None) == (parsed.image is None):
         raise BadJson(f"the JSON body must be {_JSON_SHAPE}, with exactly one of the two keys")
-    if parsed.image is not None:
-        texts, names = [parsed.image], ["image"]
-    else:
-        texts, names = parsed.images, [f"images[{i}]" for i in range(len(parsed.images))]
-    if not texts:
+    images = [parsed.image] if parsed.image is not None else parsed.images
+    if not images:
         raise BadJson('the JSON body\'s "images" list is empty: send at least one image')
-    if len(texts) > max_images:
-        raise TooManyImages(
-            f"a JSON body holds at most {max_images} images, got {len(texts)}", max_images=max_images
-        )
-    images, size = [], 0
-    for name, text in zip(names, texts):
-        image = _base64(name, text)
-        size += len(image)
-        if size > max_bytes:
-            raise BodyTooLarge(
-                f"the decoded images are over the limit of {max_bytes} bytes", max_body_bytes=max_bytes
-            )
-        images.append(image)
+    if len(images) > max_images:
+        raise TooManyImages(f"a JSON body holds at most {max_images} images, got {len(images)}", max_images=max_images)
+    if sum(map(len, images)) > max_bytes:
+        raise BodyTooLarge(f"the decoded images are over the limit of {max_bytes} bytes", max_body_bytes=max_bytes)
     return images
+
+
+def _from_text(body: bytes) -> _JsonImages:
+    """The body decoded string by string: data: URLs, and the first string that is not base64 named."""
+    parsed = msgspec.json.decode(body, type=_JsonText)
+    if parsed.image is not None:
+        return _JsonImages(image=_base64("image", parsed.image), images=None if parsed.images is None else [])
+    return _JsonImages(images=[_base64(f"images[{i}]", text) for i, text in enumerate(parsed.images)])
 
 
 def _base64(name: str, text: str) -> bytes:

@@ -73,7 +73,8 @@ def post_json(client, body, path="/classify", **params):
 def test_one_image_answers_as_the_raw_body_does(client, jpegs, model):
     raw = client.post("/classify", content=jpegs[0], headers={"Content-Type": "image/jpeg"}, params={"model": model})
     assert raw.status_code == 200, raw.text
-    for body in ({"image": b64(jpegs[0])}, {"images": [b64(jpegs[0])]}, {"image": "data:image/jpeg;base64," + b64(jpegs[0])}):
+    data_url = "data:image/jpeg;base64," + b64(jpegs[0])
+    for body in ({"image": b64(jpegs[0])}, {"images": [b64(jpegs[0])]}, {"image": data_url}):
         answer = post_json(client, body, model=model, top_k=3 if model != "auto" else None)
         assert answer.status_code == 200, answer.text
         expected = raw.json()
@@ -103,7 +104,7 @@ def test_a_malformed_body_is_400_bad_json_naming_what_is_wrong(client, jpegs):
     assert "exactly one of the two keys" in error_of(sent(b"{}"), 400, "bad_json")["message"]
     both = post_json(client, {"image": b64(jpegs[0]), "images": [b64(jpegs[0])]})
     assert "exactly one of the two keys" in error_of(both, 400, "bad_json")["message"]
-    assert "`str`, got `int` - at `$.images[1]`" in error_of(
+    assert "Expected a base64 `str`, got `int` - at `$.images[1]`" in error_of(
         post_json(client, {"images": [b64(jpegs[0]), 7]}), 400, "bad_json"
     )["message"]
     assert "list is empty" in error_of(post_json(client, {"images": []}), 400, "bad_json")["message"]
@@ -143,8 +144,9 @@ def test_limits_count_decoded_bytes_and_images_as_for_the_other_bodies(small):
 
 
 def test_the_json_limit_is_the_largest_upload_base64_encoded_plus_its_json():
-    assert uploads.json_body_limit(3_000, 1, 10**9) == 4_000 + uploads.JSON_BYTES_PER_IMAGE + uploads.JSON_ENVELOPE_BYTES
-    assert uploads.json_body_limit(3_001, 2, 10**9) == 4_004 + 2 * uploads.JSON_BYTES_PER_IMAGE + uploads.JSON_ENVELOPE_BYTES
+    per_image, envelope = uploads.JSON_BYTES_PER_IMAGE, uploads.JSON_ENVELOPE_BYTES
+    assert uploads.json_body_limit(3_000, 1, 10**9) == 4_000 + per_image + envelope
+    assert uploads.json_body_limit(3_001, 2, 10**9) == 4_004 + 2 * per_image + envelope
     assert uploads.json_body_limit(3_000, 1, 4_500) == 4_500  # the read budget could never admit more
 
 

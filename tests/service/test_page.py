@@ -7,11 +7,14 @@ from __future__ import annotations
 import base64
 import re
 import time
+import tomllib
+from pathlib import Path
 
 import httpx
 from litestar.testing import TestClient
 
 from bench import photos
+from service import page
 from service.app import create_app
 from service.config import ServeConfig
 from service.runtime import load_models
@@ -185,3 +188,12 @@ def test_no_ui_turns_the_page_off(models_dir):
             assert response.status_code == 404 and response.json()["error"]["code"] == "not_found", path
         assert client.get("/models").status_code == 200
 
+
+
+def test_every_file_of_the_page_ships_as_package_data():
+    """The container images install the project non-editable: a file not in package-data is not served there."""
+    root = Path(__file__).resolve().parents[2]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["service"]
+    shipped = {path for pattern in globs for path in (root / "service").glob(pattern) if path.is_file()}
+    assert shipped == {path for path in (root / "service" / "static").rglob("*") if path.is_file()}
+    assert set(page.static_files()) == {str(path.relative_to(root / "service" / "static")) for path in shipped}
