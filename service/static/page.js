@@ -197,14 +197,17 @@ function showPath(element, cascade) {
   rungs.className = "rungs";
   rungs.textContent = cascade.path.join(" → ");
   const why = [];
-  if (cascade.path.length > 1) why.push("escalated: the shallower model was unsure");
-  if (cascade.threshold !== undefined) {
-    const below = cascade.confidence < cascade.threshold;
-    why.push(`${cascade.signal} ${cascade.confidence.toFixed(3)} ${below ? "<" : "≥"} threshold ${cascade.threshold}`);
-  } else {
-    why.push(`${cascade.signal} ${cascade.confidence.toFixed(3)}`);
+  const answered = cascade.path[cascade.path.length - 1];
+  const confidence = `${cascade.signal} ${cascade.confidence.toFixed(3)}`;
+  if (cascade.path.length > 1) why.push(`${cascade.path.slice(0, -1).join(" and ")} unsure; ${answered}'s ${confidence}`);
+  if (cascade.threshold === undefined) {
+    if (cascade.path.length === 1) why.push(confidence);
+  } else if (cascade.confidence < cascade.threshold) {
+    why.push(`${confidence} < threshold ${cascade.threshold}`);
+  } else if (cascade.path.length === 1) {
+    why.push(`confident: ${confidence} ≥ threshold ${cascade.threshold}`);
   }
-  if (cascade.escalation_skipped) why.push(`not escalated further: ${cascade.escalation_skipped}`);
+  if (cascade.escalation_skipped) why.push(`escalation skipped: ${cascade.escalation_skipped}`);
   if (cascade.calibrated === false) why.push("uncalibrated");
   element.replaceChildren("path: ", rungs, ` (${why.join("; ")})`);
   element.dataset.path = cascade.path.join(",");

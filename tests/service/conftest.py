@@ -28,9 +28,7 @@ from PIL import Image, ImageOps
 
 from artifact import ModelCard
 
-from bench import photos
-
-from . import browser as chromium
+from bench import browser as chromium, photos
 
 IMAGES = photos.folder()  # real photos from scikit-image's wheel, never from outside the repository
 PHOTOS = photos.PHOTOS
@@ -123,7 +121,6 @@ def browser(tmp_path_factory):
     reason = chromium.missing()
     if reason:
         pytest.skip(reason)
-    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must never fetch a driver or a browser
     driver = chromium.start(tmp_path_factory.mktemp("chromium-profile"))
     yield driver
     driver.quit()

@@ -1,5 +1,6 @@
-"""A headless Chromium for the browser tests (test_page.py, test_cors.py): Debian's `chromium` and
-`chromium-driver` packages (`make browser` installs them where it may), driven by Selenium.
+"""A headless Chromium for the page's browser tests (tests/service/test_page.py, test_cors.py) and its
+screenshot (bench/ui_screenshot.py): Debian's `chromium` and `chromium-driver` packages (`make browser`
+installs them where it may), driven by Selenium.
 
 Both paths are given to Selenium, so its Selenium Manager never runs and nothing is downloaded; the
 flags keep Chromium from reaching the network on its own (updates, sync, field trials) and give
@@ -40,6 +41,7 @@ def start(profile: Path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    os.environ.setdefault("SE_OFFLINE", "true")  # and should Selenium Manager run after all, it fetches nothing
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in (*FLAGS, f"--user-data-dir={profile}"):
