@@ -56,7 +56,8 @@ def _shoot(driver, url: str, model: str) -> bytes:
                   "return c.length === 2 && c.every((x) => x.dataset.state === 'done')")
     height = driver.execute_script("return document.documentElement.scrollHeight")
     clip = {"x": 0, "y": 0, "width": WIDTH, "height": height, "scale": 1}  # the whole page, not the window
-    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip})
+    options = {"format": "png", "captureBeyondViewport": True, "clip": clip}
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", options)
     return base64.b64decode(shot["data"])
 
 

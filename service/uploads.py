@@ -145,7 +145,7 @@ def _json_too_large(limit: int, max_bytes: int) -> BodyTooLarge:
 
 
 class _JsonImages(msgspec.Struct, forbid_unknown_fields=True):
-    """The body with msgspec decoding the base64 itself (in C: a 12 MP photo's in 2.5 ms, 10 ms with binascii)."""
+    """The body, with msgspec decoding the base64 itself: in C, while parsing (several times binascii's speed)."""
 
     images: list[bytes] | None = None
     image: bytes | None = None

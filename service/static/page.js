@@ -114,9 +114,14 @@ function named(file, fallback) {
 
 async function addExample(button) {
   const src = button.dataset.src;
-  const response = await fetch(src);
-  const blob = await response.blob();
-  addFiles([new File([blob], src.split("/").pop(), { type: blob.type })]);
+  try {
+    const response = await fetch(src);
+    if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
+    const blob = await response.blob();
+    addFiles([new File([blob], src.split("/").pop(), { type: blob.type })]);
+  } catch (error) {
+    showServiceError(`Could not load the example ${src} (${error.message}).`);
+  }
 }
 
 // --- one request per image: each card has its own answer, time and error ------------------------
@@ -138,13 +143,13 @@ async function classify(item) {
     response = await fetch(`/classify?${params}`, { method: "POST", headers, body: item.file });
     body = await response.json().catch(() => null);
   } catch (error) {
-    if (run === item.run) showCardError(card, `Could not reach the service (${error.message}).`);
+    if (run === item.run) showCardError(item, `Could not reach the service (${error.message}).`);
     return;
   }
   const ms = performance.now() - started;
   if (run !== item.run) return;
   if (!response.ok || !body || !body.predictions) {
-    showCardError(card, errorText(response, body), body && body.error);
+    showCardError(item, errorText(response, body), body && body.error);
     return;
   }
   showAnswer(card, body, ms);
@@ -220,7 +225,8 @@ function errorText(response, body) {
   return `The service answered ${response.status} ${response.statusText || ""}`.trim();
 }
 
-function showCardError(card, message, error) {
+function showCardError(item, message, error) {
+  const { card } = item;
   card.querySelector(".model").textContent = "";
   card.querySelector(".time").textContent = "";
   card.querySelector(".bars").replaceChildren();
@@ -233,6 +239,12 @@ function showCardError(card, message, error) {
     code.textContent = ` (${error.status} ${error.code})`;
     element.append(code);
   }
+  const retry = document.createElement("button");
+  retry.type = "button";
+  retry.className = "retry";
+  retry.textContent = "Try again";
+  retry.addEventListener("click", () => classify(item));
+  element.append(" ", retry);
   element.hidden = false;
   card.dataset.state = "error";
 }

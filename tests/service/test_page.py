@@ -57,7 +57,8 @@ def card_state(driver, name: str) -> dict | None:
             data_label: b.dataset.label, probability: Number(b.dataset.probability),
           })),
           path: path.hidden ? null : path.dataset.path,
-          error: card.querySelector(".error").hidden ? null : card.querySelector(".error").textContent,
+          error: card.querySelector(".error").hidden ? null
+            : card.querySelector(".error").firstChild.textContent + (card.querySelector(".error .code")?.textContent || ""),
         };
         """,
         name,
