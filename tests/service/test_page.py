@@ -155,6 +155,8 @@ def test_several_files_dropped_pasted_or_clicked_each_get_a_card(browser, server
     ring = httpx.get(server.url + "/ui/examples/ring.png").content
     assert_shows(settled(browser, "ring.png"), classify(server, ring, "image/png").json())
     assert len(browser.find_elements(By.CSS_SELECTOR, ".card")) == 5
+    console = chromium.console(browser)  # no script error, nothing the page's Content-Security-Policy blocked
+    assert "Uncaught" not in console and "Content Security Policy" not in console, console
 
 
 def test_a_file_that_is_no_image_shows_the_services_own_message(browser, server, tmp_path):
