@@ -20,13 +20,22 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -e '.[dev]'
 	touch $@
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest
 
 # Everything that needs no trained network (tests/conftest.py marks the rest `slow`): for a change
 # to the HTTP layer, the ladder, the configs, the docs or the manifests.
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
+
+# The browser tests (tests/service/test_page.py, test_cors.py) drive Debian's chromium through its
+# chromedriver. Installed here where missing and allowed (root, apt-get); elsewhere they skip and say why.
+.PHONY: browser
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	else echo "make browser: no /usr/bin/chromium and no root apt-get to install it: the browser tests will skip"; fi
 
 # --- default models: trained on the synthetic set, reused when present ------------------------
 # (the install is order-only, so a reinstall does not retrain)

@@ -28,3 +28,11 @@ def folder() -> Path:
         raise FileNotFoundError(f"{path} lacks {', '.join(missing)}: install the bench extra (make install)")
     return path
 
+
+
+
+def path(name: str) -> Path:
+    """One photo's file; `name` is one of PHOTOS."""
+    if name not in PHOTOS:
+        raise ValueError(f"unknown photo {name!r}; expected one of {', '.join(PHOTOS)}")
+    return folder() / name

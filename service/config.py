@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -22,6 +23,8 @@ ENV_PREFIX = "RESNET_SERVE_"
 PROVIDER_NAMES = ("cuda", "cpu")  # runtime.PROVIDERS maps these to ONNX Runtime's names
 CONV_ALGO_SEARCH = ("exhaustive", "heuristic", "default")  # ORT's EXHAUSTIVE, HEURISTIC, DEFAULT
 ARENA_STRATEGIES = ("same_as_requested", "next_power_of_two")  # engine/cuda.py maps them to ORT's
+# An origin as browsers send it (RFC 6454 section 6.1); Litestar's CORSConfig reads * in it as a wildcard.
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9*.-]+)(:[0-9]{1,5})?")
 
 
 class ConfigError(cliconfig.UsageError):
@@ -115,6 +118,12 @@ class ServeConfig:
         200_000_000, "most bytes of request bodies being read or held at once, all requests together (503 beyond)"
     )
     log_level: str = _opt("info", "debug, info, warning or error")
+    # The page is same-origin and needs no CORS; --no-ui leaves a production service its API alone.
+    ui: bool = _opt(True, "serve the page at / that classifies images in a browser; --no-ui: / answers 404")
+    cors_origins: tuple[str, ...] = _opt(
+        (), "origins whose pages may call the API from a browser, comma-separated (https://app.example.com), "
+        "or *; empty = none (CORS off)", sep=",",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", Path(self.models))
@@ -157,6 +166,12 @@ class ServeConfig:
         self._check_batch_sizes()
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
+        for origin in self.cors_origins:  # the Origin header is scheme://host[:port]; a path never matches it
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ConfigError(
+                    f"cors_origins must be * or origins like https://app.example.com:8443 (no path, no trailing "
+                    f"slash), got {origin!r}"
+                )
         if self.decode_threads == 0:
             object.__setattr__(self, "decode_threads", available_cpus())
 

@@ -140,13 +140,15 @@ class Call:
     def model(self) -> LoadedModel:
         return self.pipeline.model
 
-    def admit(self, content_length: int | None) -> None:
-        """Refuse from the headers (503 warming up or at capacity, 500 dead batcher, 413 too large),
-        else take the announced body bytes from the read budget until the call ends."""
+    def admit(self, content_length: int | None, max_body_bytes: int | None = None) -> None:
+        """Refuse from the headers (503 warming up or at capacity, 500 dead batcher, 413 over
+        `max_body_bytes`, by default the setting), else take the announced body bytes from the read
+        budget until the call ends."""
         service = self.service
         if not service.warm:
             raise errors.NotReady()
-        self._ticket = admission.admit(self.pipeline, service.read_budget, content_length, service.config.max_body_bytes)
+        limit = service.config.max_body_bytes if max_body_bytes is None else max_body_bytes
+        self._ticket = admission.admit(self.pipeline, service.read_budget, content_length, limit)
 
     def read(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """The body's chunks, counted against the read budget (after `admit`)."""

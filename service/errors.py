@@ -27,6 +27,12 @@ class BadImage(ServiceError):
     status, code = 400, "bad_image"
 
 
+class BadJson(ServiceError):
+    """A JSON body that does not parse, has the wrong shape, or holds a string that is not base64."""
+
+    status, code = 400, "bad_json"
+
+
 class UnknownModel(ServiceError):
     """The request names a model this process does not serve."""
 

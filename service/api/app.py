@@ -4,6 +4,7 @@
     POST /classify?depth=152   POST /classify?model=auto&budget_ms=200   (docs/cascade.md)
     GET  /models   GET /models/{name}   GET /health/live   GET /health/ready   GET /metrics
     GET  /schema   (OpenAPI, Litestar's default)
+    GET  /         the page that classifies images in a browser (service/api/page.py; off with --no-ui)
     /v2/...        the Open Inference Protocol v2 (service/api/oip.py, docs/oip.md)
 
 The lifespan creates the Service (pipelines, ladder, cascade, pools) and releases it in its `finally`;
@@ -24,7 +25,7 @@ from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.params import Parameter
 
 from service import errors, metrics
-from service.api import oip, schemas, server, uploads
+from service.api import cors, oip, page, schemas, server, uploads
 from service.api.context import LOG_FIELDS, REQUEST_ID, RequestContext
 from service.api.openapi import ClassifyOperation
 from service.config import ServeConfig
@@ -39,7 +40,8 @@ DEFAULT_TOP_K = 5
 _ERROR_RESPONSES = {
     status: ResponseSpec(schemas.ErrorBody, description=text)
     for status, text in {
-        400: "undecodable or corrupt image, or a malformed multipart body",
+        400: "undecodable or corrupt image, a malformed multipart body, or a JSON body that is malformed, of the "
+        "wrong shape or not base64",
         404: "unknown model or depth (the body lists the available ones)",
         408: "the body did not arrive within body_timeout_s (the connection is closed)",
         413: "body over max_body_bytes, image over max_pixels, or more than max_images files",
@@ -70,12 +72,18 @@ async def _classify(
             raise errors.InvalidParameter(
                 f"top_k must be between 1 and {card.num_classes} for {call.name}, got {k}", parameter="top_k"
             )
-        call.admit(request.content_length)
         kind = uploads.body_kind(request.content_type[0])
         config = service.config
+        limit = config.max_body_bytes
+        if kind == "json":  # base64 images: a larger limit in bytes (uploads.json_body_limit)
+            limit = uploads.json_body_limit(config.max_body_bytes, config.max_images, config.read_budget_bytes)
+            uploads.check_json_length(request.content_length, limit, config.max_body_bytes)
+        call.admit(request.content_length, max_body_bytes=limit)
         body = call.read(request.stream())
         if kind == "raw":
             payloads = [await uploads.read_raw(body, config.max_body_bytes)]
+        elif kind == "json":  # {"images": [base64, ...]} or {"image": base64}
+            payloads = await uploads.read_json(body, limit, config.max_body_bytes, config.max_images)
         else:
             boundary = request.content_type[1].get("boundary")
             payloads = await uploads.read_multipart(body, boundary, config.max_body_bytes, config.max_images)
@@ -129,8 +137,9 @@ _TOP_K = Parameter(
     default=None, ge=1, description="classes to return, 1 to the model's class count (default 5, or all if fewer)"
 )
 _CLASSIFY = dict(status_code=200, responses=_ERROR_RESPONSES, operation_class=ClassifyOperation, description=(
-    "Body: one image as the raw body (Content-Type image/jpeg, image/png, ...), or multipart/form-data "
-    "with one or more files. One image answers {model, predictions}; several answer {model, results}."
+    "Body: one image as the raw body (Content-Type image/jpeg, image/png, ...), multipart/form-data "
+    'with one or more files, or application/json {"images": [base64, ...]} (or {"image": base64}). '
+    "One image answers {model, predictions}; several answer {model, results}."
 ))  # fmt: skip
 
 
@@ -276,8 +285,10 @@ def create_app(
             await service.close()
             log.info("stopped: queues drained, pools closed")
 
+    handlers = [classify, classify_with, list_models, describe_model, live, ready, prometheus, oip.router]
     return Litestar(
-        route_handlers=[classify, classify_with, list_models, describe_model, live, ready, prometheus, oip.router],
+        route_handlers=[*handlers, page.router()] if config.ui else handlers,
+        cors_config=cors.config(config.cors_origins),
         lifespan=[lifespan],
         exception_handlers={Exception: error_response},
         middleware=[RequestContext, DefineMiddleware(

@@ -28,7 +28,7 @@ from PIL import Image, ImageOps
 
 from artifact import ModelCard
 
-from bench import photos
+from bench import browser as chromium, photos
 
 IMAGES = photos.folder()  # real photos from scikit-image's wheel, never from outside the repository
 PHOTOS = photos.PHOTOS
@@ -113,6 +113,17 @@ def server(models_dir, tmp_path_factory) -> Server:
     server = start_server(models_dir, tmp_path_factory.mktemp("server"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory):
+    """A headless Chromium driven by Selenium, shared by the browser tests; skips, saying why, where there is none."""
+    reason = chromium.missing()
+    if reason:
+        pytest.skip(reason)
+    driver = chromium.start(tmp_path_factory.mktemp("chromium-profile"))
+    yield driver
+    driver.quit()
 
 
 class Reference:

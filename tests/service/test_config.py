@@ -40,6 +40,18 @@ def test_flags_beat_environment_beat_defaults():
     assert parse(["--models", "m", "--providers", "CUDA, cpu"], {}).providers == ("cuda", "cpu")
 
 
+def test_the_page_is_on_and_cors_off_by_default_and_both_are_settable():
+    config = parse(["--models", "m"], {})
+    assert config.ui is True and config.cors_origins == ()
+    assert parse(["--models", "m", "--no-ui"], {}).ui is False
+    assert parse(["--models", "m"], {"RESNET_SERVE_UI": "0"}).ui is False
+    origins = "https://app.example.com, http://127.0.0.1:8080,http://[::1]:3000,https://*.example.org"
+    assert parse(["--models", "m", "--cors-origins", origins], {}).cors_origins == (
+        "https://app.example.com", "http://127.0.0.1:8080", "http://[::1]:3000", "https://*.example.org",
+    )  # fmt: skip
+    assert parse(["--models", "m"], {"RESNET_SERVE_CORS_ORIGINS": "*"}).cors_origins == ("*",)
+
+
 def test_zero_threads_means_every_available_cpu_and_the_cpus_shared_between_models():
     config = parse(["--models", "m"], {})
     assert config.decode_threads == available_cpus() >= 1
@@ -61,6 +73,9 @@ def test_zero_threads_means_every_available_cpu_and_the_cpus_shared_between_mode
         (["--models", "m", "--max-batch-size", "0"], {}, "max_batch_size must be at least 1, got 0"),
         (["--models", "m", "--providers", "tpu"], {}, "providers must be a list of ('cuda', 'cpu'), got 'tpu'"),
         (["--models", "m", "--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),
+        (["--models", "m", "--cors-origins", "https://app.example.com/"], {}, "got 'https://app.example.com/'"),
+        (["--models", "m"], {"RESNET_SERVE_CORS_ORIGINS": "example.com"}, "cors_origins must be * or origins like"),
+        (["--models", "m"], {"RESNET_SERVE_UI": "maybe"}, "RESNET_SERVE_UI must be true or false, got 'maybe'"),
     ],
 )
 def test_bad_settings_name_the_value(argv, env, message):

@@ -74,13 +74,20 @@ def test_a_request_id_with_control_characters_is_never_echoed(server):
         assert status_of(answer) == 200 and len(ids) == 1 and len(ids[0]) == 32 and supplied not in answer
 
 
-def test_deep_or_huge_json_is_refused_unread_where_no_route_takes_json(server):
+def test_deep_or_huge_json_is_refused_at_its_first_wrong_token(server):
+    # /classify takes JSON bodies (service/api/uploads.py): the parser stops where the shape goes wrong,
+    # so deep nesting or a huge unknown member costs one token, not a walk of the document.
     deep = "[" * 100_000 + "]" * 100_000
+    deep_inside = '{"images": ' + "[" * 100_000 + "]" * 100_000 + "}"
     huge = json.dumps({"inputs": [0.5] * 300_000})
-    for body in (deep, huge):
+    for body, why in ((deep, "got `array`"), (deep_inside, "got `array` - at `$.images[0]`"), (huge, "`inputs`")):
         response = httpx.post(server.url + "/classify", content=body, headers={"Content-Type": "application/json"})
-        assert response.status_code == 415 and response.json()["error"]["code"] == "unsupported_media_type"
-        assert response.headers["connection"] == "close"  # refused before the body was read
+        assert response.status_code == 400 and response.json()["error"]["code"] == "bad_json"
+        assert why in response.json()["error"]["message"]
+    # A body that announces more than any JSON upload may hold is refused before it is read.
+    head = b"POST /classify HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 30000000\r\n\r\n"
+    answer = exchange(server.url, head + b"[" * 1000)  # the rest never comes: answered and closed at once
+    assert status_of(answer) == 413 and b"connection: close" in answer.lower() and b"JSON body" in answer
 
 
 def test_405_names_the_allowed_methods(server):
