@@ -1,4 +1,4 @@
-"""resnet-bench --rounds (issue 16): medians over interleaved rounds, and the raw reference's input."""
+"""resnet-bench --rounds: medians over interleaved rounds, and the raw reference's input."""
 
 from __future__ import annotations
 

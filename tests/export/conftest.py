@@ -25,7 +25,7 @@ def reduced_models_dir(tiny_checkpoints, tmp_path_factory) -> Path:
 
 
 def pixel_input(pre: Preprocessing) -> Preprocessing:
-    """The input resnet-export gives a graph by default (issue 16): uint8 RGB pixels, NHWC."""
+    """The input resnet-export gives a graph by default: uint8 RGB pixels, NHWC."""
     return replace(pre, input_dtype="uint8", layout="NHWC")
 
 

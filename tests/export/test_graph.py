@@ -33,7 +33,7 @@ def test_batch_dimension_is_dynamic(arch, tiny_models_dir, torch_reference, tiny
     _, images, _ = torch_reference(tiny_checkpoints[arch])
     sess = _session(tiny_models_dir / arch / "model.onnx")
     (shape_input,) = sess.get_inputs()
-    assert shape_input.name == "input" and shape_input.shape[1:] == [32, 32, 3]  # NHWC pixels, issue 16
+    assert shape_input.name == "input" and shape_input.shape[1:] == [32, 32, 3]  # NHWC pixels
     assert shape_input.type == "tensor(uint8)"
     assert isinstance(shape_input.shape[0], str)  # symbolic, not a number
     assert sess.get_outputs()[0].name == "logits"

@@ -1,4 +1,4 @@
-"""The graph's input (issue 16): uint8 pixels normalised inside the graph, and the float32 input of
+"""The graph's input: uint8 pixels normalised inside the graph, and the float32 input of
 models exported before, which the card still describes and the service still serves."""
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ def test_card_round_trips_through_onnx_runtime_metadata(arch, tiny_checkpoints, 
     assert card.num_classes == payload["num_classes"] == 10
     assert list(card.class_ids) == payload["class_ids"] and list(card.class_names) == payload["class_names"]
     trained = Preprocessing.from_dict(payload["preprocessing"])
-    assert card.preprocessing == replace(trained, input_dtype="uint8", layout="NHWC")  # issue 16
+    assert card.preprocessing == replace(trained, input_dtype="uint8", layout="NHWC")  # the default graph input
     assert card.source_sha256 == checkpoint.sha256(tiny_checkpoints[arch])
     assert (card.val_top1, card.val_top5) == (payload["metrics"]["val_top1"], payload["metrics"]["val_top5"])
     assert card.torch_version == torch.__version__ and card.onnx_version == onnx.__version__

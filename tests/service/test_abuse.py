@@ -1,4 +1,4 @@
-"""Holding under abuse (issue 12), through real resnet-serve processes and raw sockets: refusal from
+"""Holding under abuse, through real resnet-serve processes and raw sockets: refusal from
 the headers before the body is read, the read budget, limits that cannot all hold refused at start-up,
 a dead batching loop failing its waiters at once and the probes, and slow or idle clients cut off."""
 

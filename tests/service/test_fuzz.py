@@ -1,4 +1,4 @@
-"""A property-based fuzz of the HTTP API from its own OpenAPI document (Schemathesis, issue 12),
+"""A property-based fuzz of the HTTP API from its own OpenAPI document (Schemathesis),
 against the shared real server: every check on, except those listed in EXCLUDED with their reason.
 Bounded: a fixed seed, few examples per operation, the coverage and fuzzing phases only."""
 
@@ -22,7 +22,7 @@ EXCLUDED = {
     # which differs per model (422 beyond it), so the schema states only its lower bound of 1.
     "positive_data_acceptance": "image content and a per-model top_k bound are not expressible",
 }
-# Not a check but a rule: a budget_ms the model cannot meet answers 504 by design (issue 10);
+# Not a check but a rule: a budget_ms the model cannot meet answers 504 by design (docs/cascade.md);
 # fuzz_hooks.py raises generated budgets to one a tiny model always meets.
 HOOKS = Path(__file__).with_name("fuzz_hooks.py")
 MAX_EXAMPLES = 15  # per operation and phase: about 300 requests in all

@@ -1,4 +1,4 @@
-"""The published-weights path end to end (issue 10): `make serve-imagenet` imports torchvision's
+"""The published-weights path end to end: `make serve-imagenet` imports torchvision's
 resnet18 and resnet152 from the torch hub cache, exports them, and serves them as one ladder,
 uncalibrated without IMAGENET_VAL and calibrated on it with it; `resnet-calibrate` measures the
 imported models on an ImageNet-style `val/<wnid>/*.JPEG` folder with the command a user runs.

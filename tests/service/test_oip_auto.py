@@ -1,4 +1,4 @@
-"""`auto` (the depth cascade of issue 10) through the Open Inference Protocol, on the colour ladder
+"""`auto` (the depth cascade) through the Open Inference Protocol, on the colour ladder
 (colour_models.py) whose every answer is known: the cascade's answers, which rung gave each, and the
 budget, as /classify's model=auto gives them."""
 

@@ -1,4 +1,4 @@
-"""Hostile HTTP beyond hostile images (issue 12), against the shared real server: each gets a 4xx
+"""Hostile HTTP beyond hostile images, against the shared real server: each gets a 4xx
 or a closed connection, never a 5xx or a stuck worker, and the server serves normally after."""
 
 from __future__ import annotations
