@@ -25,7 +25,7 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.params import Parameter
 
-from service import admission, cascade_file, errors, ladder as ladders, metrics, oip, schemas, server, uploads
+from service import access, admission, cascade_file, errors, ladder as ladders, metrics, oip, schemas, server, trace, uploads
 from service.cascade import Cascade, Policy
 from service.config import ServeConfig
 from service.openapi import ClassifyOperation
@@ -90,7 +90,8 @@ async def _classify(
         kind = uploads.body_kind(request.content_type[0])
         config = service.config
         # Refused from the headers, before a byte of the body is read (service/admission.py).
-        ticket = admission.admit(pipeline, service.read_budget, request.content_length, config.max_body_bytes)
+        with trace.span("admission", model=name):  # trace
+            ticket = admission.admit(pipeline, service.read_budget, request.content_length, config.max_body_bytes)
         deadline = started + config.request_timeout_s
         budget = None if budget_ms is None else started + budget_ms / 1000.0
         try:
@@ -261,7 +262,7 @@ def error_response(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         error = errors.ServiceError("internal error; the request id identifies it in the logs")
     request_id = request.scope.get(_REQUEST_ID) or uuid.uuid4().hex
-    headers = {**error.headers, "X-Request-ID": request_id}
+    headers = {**error.headers, "X-Request-ID": request_id, **trace.response_headers(request.scope)}  # access/trace
     if isinstance(exc, MethodNotAllowedException) and exc.headers:  # RFC 9110 15.5.6: 405 says Allow
         headers["Allow"] = exc.headers.get("allow") or exc.headers.get("Allow", "")
     if oip.owns(request.url.path):  # the Open Inference Protocol's routes answer its own shape
@@ -321,6 +322,7 @@ def create_app(
     cascade policy default to ladder.build and cascade_file.read (LadderError, CascadeFileError)."""
     ladder = ladder or ladders.build(models, config.ladder, config.default_model)
     policy = policy or cascade_file.read(config.models, ladder, models)
+    gate = access.Gate.from_config(config)  # keys and limits (service/access.py); raises KeysFileError
 
     @asynccontextmanager
     async def lifespan(app: Litestar):
@@ -328,9 +330,11 @@ def create_app(
         app.state.service, app.state.ladder = service, ladder
         app.state.cascade = Cascade(ladder, policy, service.pipelines, service.metrics)
         await service.start()
+        gate.start(service.metrics)  # access: watches the keys file
         try:
             yield
         finally:
+            await gate.close()  # access
             await service.close()
             log.info("stopped: queues drained, pools closed")
 
@@ -338,9 +342,11 @@ def create_app(
         route_handlers=[classify, classify_with, list_models, describe_model, live, ready, prometheus, oip.router],
         lifespan=[lifespan],
         exception_handlers={Exception: error_response},
-        middleware=[RequestContext, DefineMiddleware(
+        # trace.TraceContext outermost, so the access line of RequestContext carries the trace id;
+        # access.Guard refuses from the headers, before a route reads the body (access/trace).
+        middleware=[trace.TraceContext, RequestContext, DefineMiddleware(
             server.BodyDeadline, timeout_s=config.body_timeout_s, max_body_bytes=config.max_body_bytes
-        )],
+        ), *([DefineMiddleware(access.Guard, gate=gate)] if gate.active else [])],
         # The classify routes enforce max_body_bytes themselves (uploads.py), with our error shape;
         # no other route reads a body.
         request_max_body_size=None,

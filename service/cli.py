@@ -22,7 +22,8 @@ import sys
 
 
 import cliconfig
-from service import cascade_file, ladder as ladders, logs
+from service import cascade_file, ladder as ladders, logs, trace
+from service.keys import KeysFileError
 from service.app import create_app
 from service.config import ConfigError, parse
 from service.runtime import ModelLoadError, load_models
@@ -38,11 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         return cliconfig.fail("resnet-serve", error)
     logs.configure(config.log_level)
+    trace.setup()  # OpenTelemetry spans, only if installed and asked for by OTEL_* variables
     try:
         models = load_models(config)
         ladder = ladders.build(models, config.ladder, config.default_model)
         policy = cascade_file.read(config.models, ladder, models)
-    except (ModelLoadError, ladders.LadderError, cascade_file.CascadeFileError) as error:
+        app = create_app(config, models, ladder, policy)  # reads the API keys file, if any
+    except (ModelLoadError, ladders.LadderError, cascade_file.CascadeFileError, KeysFileError) as error:
         return cliconfig.fail("resnet-serve", error)
     log.info(
         "ladder %s (%s), default model %s; model=auto %s",
@@ -52,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         extra={"ladder": list(ladder.rungs), "calibrated": policy.calibrated},
     )  # fmt: skip
     log.info("starting", extra={"config": {k: str(v) for k, v in vars(config).items()}})
-    server = DrainingServer(uvicorn_config(create_app(config, models, ladder, policy), config))  # client timeouts
+    server = DrainingServer(uvicorn_config(app, config))  # client timeouts
     server.run()
     return 0 if server.started else 1
 

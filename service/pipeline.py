@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from artifact import preprocess
+from service import trace
 from service.admission import ByteBudget
 from service.batching import Batcher
 from service.config import ServeConfig
@@ -131,7 +132,8 @@ class ModelPipeline:
     async def _decode(self, payloads: list[bytes]) -> list[np.ndarray]:
         prep, limit = self.model.card.preprocessing, self.config.max_pixels
         jobs = [self._decode_one(data, prep, limit) for data in payloads]
-        results = await asyncio.gather(*jobs, return_exceptions=True)
+        with trace.span("decode", model=self.model.name, images=len(payloads)):
+            results = await asyncio.gather(*jobs, return_exceptions=True)
         arrays = []
         for index, result in enumerate(results):
             if isinstance(result, BaseException):
