@@ -336,6 +336,7 @@ def create_app(
         finally:
             await gate.close()  # access
             await service.close()
+            trace.flush()  # trace: the process exits by SIGTERM, which skips atexit
             log.info("stopped: queues drained, pools closed")
 
     return Litestar(

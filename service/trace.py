@@ -210,12 +210,20 @@ def setup(environ=os.environ) -> bool:
         return False
     # Resource.create reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES; the sampler OTEL_TRACES_SAMPLER.
     resource = Resource.create({"service.name": environ.get("OTEL_SERVICE_NAME", "resnet-serve")})
-    provider = TracerProvider(resource=resource)  # flushes at exit (shutdown_on_exit)
+    provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(exporter))
     otel.set_tracer_provider(provider)
     _tracer = otel.get_tracer("resnet-serving")
     log.info("OpenTelemetry spans on: exporter %s", exporter_name)
     return True
+
+
+def flush() -> None:
+    """Export the spans still buffered (the app's lifespan calls it on the way out); a no-op when off."""
+    if _tracer is not None:
+        from opentelemetry import trace as otel
+
+        otel.get_tracer_provider().force_flush()
 
 
 def _start_server_span(trace: Trace) -> None:
