@@ -84,15 +84,16 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(scratch)
         (root / "keys").write_text(f"bench {KEY}\n")
         (root / "keys").chmod(0o600)
-        serve = ("--providers", "cpu")
+        serve, keyed = ("--providers", "cpu"), ("--providers", "cpu", "--api-keys-file", str(root / "keys"))
         with start_service(args.models, args.model, serve, root / "off") as off, \
-                start_service(args.models, args.model, (*serve, "--api-keys-file", str(root / "keys")), root / "on") as on:
+                start_service(args.models, args.model, keyed, root / "on") as on:
             sides = {"off": (off.url, ""), "on": (on.url, f"Authorization: Bearer {KEY}\r\n")}
             rates = {"off": [], "on": []}
             for round_ in range(args.rounds):
                 for name in (("off", "on") if round_ % 2 == 0 else ("on", "off")):  # alternate who goes first
                     url, headers = sides[name]
-                    rate = asyncio.run(drive(url, path, bodies, args.concurrency, args.warmup_s, args.duration_s, headers))
+                    load = drive(url, path, bodies, args.concurrency, args.warmup_s, args.duration_s, headers)
+                    rate = asyncio.run(load)
                     rates[name].append(rate)
                     print(f"round {round_ + 1} keys {name:3}: {rate:7.1f} img/s", flush=True)
     for name, values in rates.items():

@@ -25,7 +25,8 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.params import Parameter
 
-from service import access, admission, cascade_file, errors, ladder as ladders, metrics, oip, schemas, server, trace, uploads
+from service import access, admission, cascade_file, errors, ladder as ladders, metrics, oip, schemas, server, trace
+from service import uploads
 from service.cascade import Cascade, Policy
 from service.config import ServeConfig
 from service.openapi import ClassifyOperation

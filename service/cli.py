@@ -23,9 +23,9 @@ import sys
 
 import cliconfig
 from service import cascade_file, ladder as ladders, logs, trace
-from service.keys import KeysFileError
 from service.app import create_app
 from service.config import ConfigError, parse
+from service.keys import KeysFileError
 from service.runtime import ModelLoadError, load_models
 from service.server import DrainingServer, uvicorn_config
 
