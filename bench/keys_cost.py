@@ -1,10 +1,14 @@
 """What API keys cost the service: throughput with keys on against keys off, in interleaved rounds.
 
-Two resnet-serve processes on the same models, one without keys and one with a keys file; each round
-drives one of them, then the other, with `--concurrency` closed-loop clients posting JPEGs (the
-HTTP/1.1 client of bench.load, with an `Authorization: Bearer` header for the keyed one), so a
-drift in the box's load hits both alike. Prints images per second per round, then each side's mean
+Each round starts resnet-serve twice on the same models, once without keys and once with a keys
+file (a fresh process each time, in alternating order, so that what tells two long-lived processes
+apart, which an A/A run with `--control` shows, is not counted as the keys'), and drives each with
+`--concurrency` closed-loop clients posting JPEGs (the HTTP/1.1 client of bench.load, with an
+`Authorization: Bearer` header for the keyed one), so a drift in the box's load hits both alike.
+Prints images per second and the server's CPU ms per request for each round, then each side's mean
 and spread (min-max), and the microseconds of the per-request work itself (key check, trace start).
+On a shared box the CPU per request is the steadier of the two: other processes take the service's
+cores, not its instructions.
 
     python -m bench.keys_cost --models models --payload a.jpg --rounds 5 --duration-s 8
 """
@@ -19,7 +23,7 @@ import timeit
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench.load import Connection
+from bench.load import Connection, process_cpu_seconds
 from bench.servers import start_service
 from service import keys as service_keys, trace
 
@@ -27,8 +31,9 @@ KEY = "bench-0123456789abcdef0123456789abcdef"
 
 
 async def drive(url: str, path: str, bodies: list[bytes], concurrency: int, warmup_s: float, duration_s: float,
-                headers: str) -> float:
-    """Images per second answered 200 in the window after `warmup_s`; any other answer is an error."""
+                headers: str, pid: int) -> tuple[float, float]:
+    """Images per second answered 200 in the window after `warmup_s`, and the server's CPU ms per
+    request in it; any answer but 200 is an error."""
     target = urlsplit(url)
     loop = asyncio.get_running_loop()
     window_start = loop.time() + warmup_s
@@ -50,8 +55,14 @@ async def drive(url: str, path: str, bodies: list[bytes], concurrency: int, warm
         finally:
             await connection.close()
 
-    await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    return done / duration_s
+    async def window() -> float:
+        await asyncio.sleep(max(0.0, window_start - loop.time()))
+        before = process_cpu_seconds(pid)
+        await asyncio.sleep(max(0.0, window_end - loop.time()))
+        return process_cpu_seconds(pid) - before
+
+    cpu, _ = await asyncio.gather(window(), asyncio.gather(*(worker(i) for i in range(concurrency))))
+    return done / duration_s, cpu * 1000.0 / max(1, done)
 
 
 def per_request_us() -> dict[str, float]:
@@ -77,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup-s", type=float, default=2.0)
     parser.add_argument("--duration-s", type=float, default=8.0)
+    parser.add_argument("--control", action="store_true",
+                        help="an A/A run: the 'on' server gets no keys file either (the header is still sent), "
+                             "to see what two identical servers differ by")  # fmt: skip
     args = parser.parse_args(argv)
     bodies = [p.read_bytes() for p in args.payload]
     path = f"/classify?model={args.model}"
@@ -84,21 +98,26 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(scratch)
         (root / "keys").write_text(f"bench {KEY}\n")
         (root / "keys").chmod(0o600)
-        serve, keyed = ("--providers", "cpu"), ("--providers", "cpu", "--api-keys-file", str(root / "keys"))
-        with start_service(args.models, args.model, serve, root / "off") as off, \
-                start_service(args.models, args.model, keyed, root / "on") as on:
-            sides = {"off": (off.url, ""), "on": (on.url, f"Authorization: Bearer {KEY}\r\n")}
-            rates = {"off": [], "on": []}
-            for round_ in range(args.rounds):
-                for name in (("off", "on") if round_ % 2 == 0 else ("on", "off")):  # alternate who goes first
-                    url, headers = sides[name]
-                    load = drive(url, path, bodies, args.concurrency, args.warmup_s, args.duration_s, headers)
-                    rate = asyncio.run(load)
-                    rates[name].append(rate)
-                    print(f"round {round_ + 1} keys {name:3}: {rate:7.1f} img/s", flush=True)
+        serve = ("--providers", "cpu")
+        keyed = serve if args.control else (*serve, "--api-keys-file", str(root / "keys"))
+        sides = {"off": (serve, ""), "on": (keyed, f"Authorization: Bearer {KEY}\r\n")}
+        rates, cpus = {"off": [], "on": []}, {"off": [], "on": []}
+        for round_ in range(args.rounds):
+            for name in (("off", "on") if round_ % 2 == 0 else ("on", "off")):  # alternate who goes first
+                flags, headers = sides[name]
+                with start_service(args.models, args.model, flags, root / f"{name}-{round_}") as server:
+                    load = drive(server.url, path, bodies, args.concurrency, args.warmup_s, args.duration_s, headers,
+                                 server.pid)  # fmt: skip
+                    rate, cpu = asyncio.run(load)
+                rates[name].append(rate)
+                cpus[name].append(cpu)
+                print(f"round {round_ + 1} keys {name:3}: {rate:7.1f} img/s, {cpu:.3f} server CPU ms per request",
+                      flush=True)  # fmt: skip
     for name, values in rates.items():
-        print(f"keys {name:3}: mean {statistics.mean(values):.1f} img/s, spread {min(values):.1f}-{max(values):.1f} "
-              f"over {len(values)} rounds of {args.duration_s:g} s at {args.concurrency} clients")
+        cpu = cpus[name]
+        print(f"keys {name:3}: mean {statistics.mean(values):.1f} img/s, spread {min(values):.1f}-{max(values):.1f}; "
+              f"server CPU {statistics.mean(cpu):.3f} ms per request, spread {min(cpu):.3f}-{max(cpu):.3f}; "
+              f"{len(values)} rounds of {args.duration_s:g} s at {args.concurrency} clients")
     for name, us in per_request_us().items():
         print(f"{name}: {us:.2f} us")
     return 0
