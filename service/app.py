@@ -44,11 +44,13 @@ _ERROR_RESPONSES = {
     status: ResponseSpec(schemas.ErrorBody, description=text)
     for status, text in {
         400: "undecodable or corrupt image, or a malformed multipart body",
+        401: "with --api-keys-file: no Authorization: Bearer KEY, or a key not in the file (WWW-Authenticate)",
         404: "unknown model or depth (the body lists the available ones)",
         408: "the body did not arrive within body_timeout_s (the connection is closed)",
         413: "body over max_body_bytes, image over max_pixels, or more than max_images files",
         415: "unsupported media type",
         422: "bad query parameter (top_k outside 1..num_classes, wrong type, model and depth disagree)",
+        429: "over --rate-limit-rps for this key or client address: see Retry-After",
         431: "more than 100 headers, or over 16 KiB of them",
         500: "the model's batching loop died (the service needs a restart), or inference failed",
         503: "the model's queue is full, the read budget is taken, the service is warming up, or it is shutting "
