@@ -224,3 +224,17 @@ def test_a_line_written_key_first_is_refused_without_repeating_the_key():
         parse(f"{ALICE.replace('-', '')} alice\n", "keys")
     assert ALICE.replace("-", "") not in str(error.value)
     assert parse("# none yet\n\n", "keys").digests == ()
+
+
+def test_with_metrics_need_key_metrics_takes_a_key_and_health_stays_open(models_dir, tmp_path):
+    (tmp_path / "keys").write_text(f"prometheus {ALICE}\n")
+    (tmp_path / "keys").chmod(0o600)
+    server = start_server(models_dir, tmp_path, "--api-keys-file", str(tmp_path / "keys"), "--metrics-need-key",
+                          "--providers", "cpu")  # fmt: skip
+    try:
+        assert status(server, "/metrics", None) == 401 and status(server, "/metrics", WRONG) == 401
+        assert status(server, "/metrics", ALICE) == 200
+        assert status(server, "/health/ready", None) == 200
+        assert "readable by every user" not in server.log()  # 0600: no warning
+    finally:
+        server.stop()
