@@ -22,9 +22,10 @@ import sys
 
 
 import cliconfig
-from service import logs
+from service import logs, trace
 from service.depth import cascade_file, ladder as ladders
 from service.api.app import create_app
+from service.api.keys import KeysFileError
 from service.config import ConfigError, parse
 from service.engine.runtime import ModelLoadError, load_models
 from service.api.server import DrainingServer, uvicorn_config
@@ -39,11 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         return cliconfig.fail("resnet-serve", error)
     logs.configure(config.log_level)
+    trace.setup()  # OpenTelemetry spans, only if installed and asked for by OTEL_* variables
     try:
         models = load_models(config)
         ladder = ladders.build(models, config.ladder, config.default_model)
         policy = cascade_file.read(config.models, ladder, models)
-    except (ModelLoadError, ladders.LadderError, cascade_file.CascadeFileError) as error:
+        app = create_app(config, models, ladder, policy)  # reads the API keys file, if any
+    except (ModelLoadError, ladders.LadderError, cascade_file.CascadeFileError, KeysFileError) as error:
         return cliconfig.fail("resnet-serve", error)
     log.info(
         "ladder %s (%s), default model %s; model=auto %s",
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         extra={"ladder": list(ladder.rungs), "calibrated": policy.calibrated},
     )  # fmt: skip
     log.info("starting", extra={"config": {k: str(v) for k, v in vars(config).items()}})
-    server = DrainingServer(uvicorn_config(create_app(config, models, ladder, policy), config))  # client timeouts
+    server = DrainingServer(uvicorn_config(app, config))  # client timeouts
     server.run()
     return 0 if server.started else 1
 

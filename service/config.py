@@ -124,18 +124,29 @@ class ServeConfig:
         (), "origins whose pages may call the API from a browser, comma-separated (https://app.example.com), "
         "or *; empty = none (CORS off)", sep=",",
     )  # fmt: skip
+    # Who may call (service/api/keys.py, service/api/access.py, docs/serving.md#api-keys): off by default.
+    api_keys_file: str = _opt(
+        "", "file of NAME KEY lines; with it, /models, classify and /v2 model routes need Authorization: Bearer KEY; "
+        "empty = no keys"
+    )
+    metrics_need_key: bool = _opt(False, "with api_keys_file, GET /metrics needs a key too")
+    rate_limit_rps: float = _opt(
+        0.0, "requests per second each key (without keys: each client address) may make; 0 = no limit (429 beyond)"
+    )
+    rate_limit_burst: int = _opt(20, "requests a key or address may make at once before rate_limit_rps applies")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", Path(self.models))
         object.__setattr__(self, "providers", tuple(p.lower() for p in self.providers))
         positive = (
             "max_batch_size", "queue_size", "max_body_bytes", "max_pixels", "max_images", "warmup_runs",
-            "read_budget_bytes", "instances",
+            "read_budget_bytes", "instances", "rate_limit_burst",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)!r}")
-        for name in ("intra_op_threads", "decode_threads", "max_delay_ms", "drain_timeout_s", "drain_grace_s"):
+        for name in ("intra_op_threads", "decode_threads", "max_delay_ms", "drain_timeout_s", "drain_grace_s",
+                     "rate_limit_rps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("request_timeout_s", "header_timeout_s", "body_timeout_s", "keep_alive_timeout_s"):
@@ -148,6 +159,8 @@ class ServeConfig:
             raise ConfigError(
                 f"max_body_bytes ({self.max_body_bytes}) must not exceed read_budget_bytes ({self.read_budget_bytes})"
             )
+        if not math.isfinite(self.rate_limit_rps):
+            raise ConfigError(f"rate_limit_rps must be a finite number, got {self.rate_limit_rps!r}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be in 0..65535, got {self.port!r}")
         if not self.providers or any(p not in PROVIDER_NAMES for p in self.providers):

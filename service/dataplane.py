@@ -21,7 +21,7 @@ from typing import AsyncIterator
 import numpy as np
 
 from artifact import ModelCard
-from service import errors
+from service import errors, trace
 from service.config import ServeConfig
 from service.depth import ladder as ladders
 from service.depth import abstain as abstention
@@ -148,7 +148,8 @@ class Call:
         if not service.warm:
             raise errors.NotReady()
         limit = service.config.max_body_bytes if max_body_bytes is None else max_body_bytes
-        self._ticket = admission.admit(self.pipeline, service.read_budget, content_length, limit)
+        with trace.span("admission", model=self.name):
+            self._ticket = admission.admit(self.pipeline, service.read_budget, content_length, limit)
 
     def read(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """The body's chunks, counted against the read budget (after `admit`)."""

@@ -77,6 +77,24 @@ class InvalidParameter(ServiceError):
     status, code = 422, "invalid_parameter"
 
 
+class Unauthorized(ServiceError):
+    """The route needs an API key and the request sent none, or one that is not listed (RFC 6750)."""
+
+    status, code = 401, "unauthorized"
+
+    def __init__(self, message: str, challenge: str = "Bearer", **details) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": challenge}, **details)
+
+
+class RateLimited(ServiceError):
+    """The key (or, without keys, the client address) is over its requests per second (RFC 6585)."""
+
+    status, code = 429, "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: int, **details) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)}, retry_after_s=retry_after_s, **details)
+
+
 class Overloaded(ServiceError):
     """A model's bounded queue is full; the client should retry after Retry-After seconds."""
 

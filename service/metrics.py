@@ -116,10 +116,15 @@ class Metrics:
         self.cascade_confidence = Histogram(
             "resnet_cascade_confidence", "model=auto confidence signal per image, by rung.", ("model",), CONFIDENCE
         )
+        # service/api/access.py: by key name ("-": no or an unknown key; "anonymous": keys are off).
+        self.api_requests = Counter(
+            "resnet_api_requests_total", "Requests to keyed routes, by key name and outcome "
+            "(admitted, unauthorized, rate_limited).", ("key", "outcome"),
+        )  # fmt: skip
         self._registry: prometheus_client.CollectorRegistry | None = None
         self.all = (self.requests, self.images, self.request_seconds, self.queue_wait, self.preprocess,
                     self.inference, self.device_seconds, self.batch_size, self.queue_depth, self.cascade_answers,
-                    self.cascade_escalations, self.cascade_skipped, self.cascade_confidence)  # fmt: skip
+                    self.cascade_escalations, self.cascade_skipped, self.cascade_confidence, self.api_requests)  # fmt: skip
 
     def render(self) -> str:
         """All metrics in the Prometheus text format."""

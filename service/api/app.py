@@ -24,8 +24,8 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.params import Parameter
 
-from service import errors, metrics
-from service.api import cors, oip, page, schemas, server, uploads
+from service import errors, metrics, trace
+from service.api import access, cors, oip, page, schemas, server, uploads
 from service.api.context import LOG_FIELDS, REQUEST_ID, RequestContext
 from service.api.openapi import ClassifyOperation
 from service.config import ServeConfig
@@ -42,11 +42,13 @@ _ERROR_RESPONSES = {
     for status, text in {
         400: "undecodable or corrupt image, a malformed multipart body, or a JSON body that is malformed, of the "
         "wrong shape or not base64",
+        401: "with --api-keys-file: no Authorization: Bearer KEY, or a key not in the file (WWW-Authenticate)",
         404: "unknown model or depth (the body lists the available ones)",
         408: "the body did not arrive within body_timeout_s (the connection is closed)",
         413: "body over max_body_bytes, image over max_pixels, or more than max_images files",
         415: "unsupported media type",
         422: "bad query parameter (top_k outside 1..num_classes, wrong type, model and depth disagree)",
+        429: "over --rate-limit-rps for this key or client address: see Retry-After",
         431: "more than 100 headers, or over 16 KiB of them",
         500: "the model's batching loop died (the service needs a restart), or inference failed",
         503: "the model's queue is full, the read budget is taken, the service is warming up, or it is shutting "
@@ -255,7 +257,7 @@ def error_response(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         error = errors.ServiceError("internal error; the request id identifies it in the logs")
     request_id = request.scope.get(REQUEST_ID) or uuid.uuid4().hex
-    headers = {**error.headers, "X-Request-ID": request_id}
+    headers = {**error.headers, "X-Request-ID": request_id, **trace.response_headers(request.scope)}
     if isinstance(exc, MethodNotAllowedException) and exc.headers:  # RFC 9110 15.5.6: 405 says Allow
         headers["Allow"] = exc.headers.get("allow") or exc.headers.get("Allow", "")
     if oip.owns(request.url.path):  # the Open Inference Protocol's routes answer its own shape
@@ -273,16 +275,20 @@ def create_app(
     cascade policy default to ladder.build and cascade_file.read (LadderError, CascadeFileError)."""
     ladder = ladder or ladders.build(models, config.ladder, config.default_model)
     policy = policy or cascade_file.read(config.models, ladder, models)
+    gate = access.Gate.from_config(config)  # keys and limits (service/api/access.py); raises KeysFileError
 
     @asynccontextmanager
     async def lifespan(app: Litestar):
         service = Service(config, models, ladder, policy)
         app.state.service = service
         await service.start()
+        gate.start(service.metrics)  # watches the keys file
         try:
             yield
         finally:
+            await gate.close()
             await service.close()
+            trace.flush()  # the process exits by SIGTERM, which skips atexit
             log.info("stopped: queues drained, pools closed")
 
     handlers = [classify, classify_with, list_models, describe_model, live, ready, prometheus, oip.router]
@@ -291,9 +297,11 @@ def create_app(
         cors_config=cors.config(config.cors_origins),
         lifespan=[lifespan],
         exception_handlers={Exception: error_response},
-        middleware=[RequestContext, DefineMiddleware(
+        # trace.TraceContext outermost, so the access line of RequestContext carries the trace id;
+        # access.Guard refuses from the headers, before a route reads the body.
+        middleware=[trace.TraceContext, RequestContext, DefineMiddleware(
             server.BodyDeadline, timeout_s=config.body_timeout_s, max_body_bytes=config.max_body_bytes
-        )],
+        ), *([DefineMiddleware(access.Guard, gate=gate)] if gate.active else [])],
         # The classify routes enforce max_body_bytes themselves (uploads.py), with our error shape;
         # no other route reads a body.
         request_max_body_size=None,

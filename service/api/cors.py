@@ -12,9 +12,11 @@ from __future__ import annotations
 from litestar.config.cors import CORSConfig
 
 METHODS = ["GET", "POST"]  # every route of the API, both protocols
-# What a browser client sends beyond the safelisted headers: a body's type, an API key, its own id.
-REQUEST_HEADERS = ["Content-Type", "Authorization", "X-Request-ID"]
-EXPOSED_HEADERS = ["X-Request-ID", "Retry-After"]  # readable by the calling script (errors.py sets them)
+# What a browser client sends beyond the safelisted headers: a body's type, an API key, its own id,
+# and W3C trace context (service/trace.py).
+REQUEST_HEADERS = ["Content-Type", "Authorization", "X-Request-ID", "traceparent", "tracestate"]
+# Readable by the calling script: the ids to quote, when to retry, what a 401 wants.
+EXPOSED_HEADERS = ["X-Request-ID", "X-Trace-ID", "traceparent", "Retry-After", "WWW-Authenticate"]
 
 
 def config(origins: tuple[str, ...]) -> CORSConfig | None:

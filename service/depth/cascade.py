@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service import trace
 from service.depth.abstain import Rule
 from service.errors import Overloaded
 from service.depth.ladder import Ladder
@@ -131,8 +132,9 @@ class Cascade:
             reason = self._skip_reason(deeper, len(escalate), budget_deadline)
             if reason is None:
                 try:
-                    async with asyncio.timeout_at(budget_deadline):
-                        rows = await self.pipelines[deeper].classify([payloads[i] for i in escalate], deadline)
+                    with trace.span("escalation", **{"from": name, "to": deeper, "images": len(escalate)}):
+                        async with asyncio.timeout_at(budget_deadline):
+                            rows = await self.pipelines[deeper].classify([payloads[i] for i in escalate], deadline)
                 except Overloaded:  # filled up between the check and the submit
                     reason = "overloaded"
                 except TimeoutError:  # only the budget's timeout: the request's own surrounds this call

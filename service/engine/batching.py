@@ -2,7 +2,8 @@
 
 Modelled on Ray Serve's batching queue (a queue, an event, one future per item), with
 `loop.time()` (monotonic) for every delay, explicit start/close, a bounded queue and per-item
-deadlines. The only import from this project is the exception tree, which is plain Python.
+deadlines. Its only imports from this project are the exception tree and service/trace.py (spans,
+no-ops without OpenTelemetry), both plain Python.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 from collections import deque
 from typing import Awaitable, Callable, Generic, Sequence, TypeVar
 
+from service import trace
 from service.errors import BatcherFailed, DeadlineExceeded, Overloaded
 
 log = logging.getLogger("service.engine.batching")
@@ -21,13 +23,14 @@ Out = TypeVar("Out")
 
 
 class _Item:
-    __slots__ = ("payload", "future", "enqueued_at", "deadline")
+    __slots__ = ("payload", "future", "enqueued_at", "deadline", "link")
 
-    def __init__(self, payload, future: asyncio.Future, enqueued_at: float, deadline: float) -> None:
+    def __init__(self, payload, future: asyncio.Future, enqueued_at: float, deadline: float, link=None) -> None:
         self.payload = payload
         self.future = future
         self.enqueued_at = enqueued_at
         self.deadline = deadline
+        self.link = link  # the submitting request's span, which its batch's span links to (trace.py)
 
 
 class Batcher(Generic[In, Out]):
@@ -159,7 +162,8 @@ class Batcher(Generic[In, Out]):
         loop = asyncio.get_running_loop()
         now = loop.time()
         deadline = float("inf") if deadline is None else deadline
-        items = [_Item(p, loop.create_future(), now, deadline) for p in payloads]
+        link = trace.current_link()
+        items = [_Item(p, loop.create_future(), now, deadline, link) for p in payloads]
         self._queue.extend(items)
         self._wake.set()
         try:
@@ -216,10 +220,12 @@ class Batcher(Generic[In, Out]):
             live.append(item)
         if not live:
             return
+        waits = [started - item.enqueued_at for item in live]
         if self.on_batch is not None:
-            self.on_batch([started - item.enqueued_at for item in live])
+            self.on_batch(waits)
         try:
-            outputs = await self.run_batch([item.payload for item in live])
+            with trace.batch_span(self.name, [item.link for item in live], waits):
+                outputs = await self.run_batch([item.payload for item in live])
             if len(outputs) != len(live):
                 raise RuntimeError(f"{self.name}: run_batch returned {len(outputs)} outputs for {len(live)} inputs")
         except Exception as error:  # noqa: BLE001 - delivered to exactly this batch's callers

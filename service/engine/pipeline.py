@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from artifact import preprocess
+from service import trace
 from service.engine.batching import Batcher
 from service.config import ServeConfig
 from service.errors import BadImage, InferenceFailed, Overloaded, ServiceError, TooManyPixels
@@ -130,7 +131,8 @@ class ModelPipeline:
     async def _decode(self, payloads: list[bytes]) -> list[np.ndarray]:
         prep, limit = self.model.card.preprocessing, self.config.max_pixels
         jobs = [self._decode_one(data, prep, limit) for data in payloads]
-        results = await asyncio.gather(*jobs, return_exceptions=True)
+        with trace.span("decode", model=self.model.name, images=len(payloads)):
+            results = await asyncio.gather(*jobs, return_exceptions=True)
         arrays = []
         for index, result in enumerate(results):
             if isinstance(result, BaseException):

@@ -4,7 +4,8 @@ No schema for KServe's CRD ships with kubernetes-validate, so the check is in tw
 predictor's own fields are the ones KServe's v1beta1 PredictorSpec defines (ComponentExtensionSpec
 plus the embedded PodSpec), and everything that is a PodSpec validates strictly against the
 Kubernetes schema, inside a Pod. Then: protocol v2, the same probes, image and environment as the
-Deployment of deploy/k8s/base, and a models volume the service is pointed at.
+Deployment of deploy/k8s/base, a models volume the service is pointed at, and a NetworkPolicy over
+the predictor's pods.
 """
 
 from __future__ import annotations
@@ -32,7 +33,17 @@ def isvc() -> dict:
     kubectl = find_tool("kubectl")
     result = subprocess.run([kubectl, "kustomize", str(DEPLOY / "k8s/kserve")], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    (doc,) = [d for d in yaml.safe_load_all(result.stdout) if d]
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    assert sorted(d["kind"] for d in docs) == ["InferenceService", "NetworkPolicy"]
+    (doc,) = pick(docs, "InferenceService")
+    return doc
+
+
+@pytest.fixture(scope="module")
+def policy() -> dict:
+    result = subprocess.run([find_tool("kubectl"), "kustomize", str(DEPLOY / "k8s/kserve")], capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    (doc,) = pick([d for d in yaml.safe_load_all(result.stdout) if d], "NetworkPolicy")
     return doc
 
 
@@ -74,3 +85,17 @@ def test_the_environment_is_what_resnet_serve_parses_and_points_at_the_models_vo
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in isvc["spec"]["predictor"]["volumes"]}
     assert volumes[mounts[str(config.models)]]["persistentVolumeClaim"]["claimName"] == "resnet-models"
+
+
+def test_the_network_policy_selects_the_predictor_pods_and_admits_callers_and_the_scraper_on_its_port(isvc, policy):
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(policy, version, strict=True)
+    # KServe labels the predictor's pods with the InferenceService's name.
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert selector == {"serving.kserve.io/inferenceservice": isvc["metadata"]["name"]}
+    (container,) = isvc["spec"]["predictor"]["containers"]
+    for rule in policy["spec"]["ingress"]:
+        assert rule["from"] and [p["port"] for p in rule["ports"]] == [container["ports"][0]["containerPort"]]
+    # The same callers as the Deployment's policy (tests/deploy/test_manifests.py).
+    callers = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchExpressions"]
+    assert callers == [{"key": "resnet-serving/client", "operator": "In", "values": ["true"]}]

@@ -142,3 +142,82 @@ def test_only_the_gpu_variant_asks_for_a_gpu_and_prefers_cuda(rendered, of_kind)
     assert server(gpu)["image"].endswith(":gpu") and server(cpu)["image"].endswith(":cpu")
     tolerations = gpu["spec"]["template"]["spec"]["tolerations"]
     assert any(t["key"] == "nvidia.com/gpu" for t in tolerations)
+
+
+@pytest.mark.parametrize("name", SERVING[1:])
+def test_a_network_policy_admits_only_labelled_callers_and_the_metrics_scraper_to_the_serving_pods(
+    rendered, of_kind, name
+):
+    (deployment,) = of_kind(rendered[name], "Deployment")
+    (policy,) = of_kind(rendered[name], "NetworkPolicy")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]  # egress is left to the cluster's own policies
+    port_names = {p["name"] for p in server(deployment)["ports"]}
+    peers = []
+    for rule in policy["spec"]["ingress"]:
+        assert rule["from"], "a rule without `from` admits every source"
+        assert {p["port"] for p in rule["ports"]} <= port_names
+        peers += rule["from"]
+    # A caller pod needs only the client label: the overlays' variant label must not have crept in.
+    (pods,) = [p["podSelector"] for p in peers if "podSelector" in p]
+    assert "matchLabels" not in pods
+    assert pods["matchExpressions"] == [{"key": "resnet-serving/client", "operator": "In", "values": ["true"]}]
+    namespaces = [p["namespaceSelector"]["matchLabels"] for p in peers if "namespaceSelector" in p]
+    assert namespaces == [{"resnet-serving/client": "true"}, {"resnet-serving/metrics": "true"}]
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory, tool) -> dict[str, list[dict]]:
+    """The cpu and gpu overlays and the KServe service with components/api-keys added, as a user adds it
+    (in a copy of deploy/k8s: kustomize refuses absolute paths)."""
+    import shutil
+    import subprocess
+
+    root = tmp_path_factory.mktemp("k8s") / "k8s"
+    shutil.copytree(K8S, root)
+    out = {}
+    for name, base, component in [("cpu", "overlays/cpu", "../../components/api-keys"),
+                                  ("gpu", "overlays/gpu", "../../components/api-keys"),
+                                  ("kserve", "kserve", "../../components/api-keys")]:  # fmt: skip
+        folder = root / "keyed" / name
+        folder.mkdir(parents=True)
+        spec = {"resources": [f"../../{base}"], "components": [component]}
+        (folder / "kustomization.yaml").write_text(yaml.safe_dump(spec))
+        done = subprocess.run([tool("kubectl"), "kustomize", str(folder)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        out[name] = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    return out
+
+
+@pytest.mark.parametrize("name", ["cpu", "gpu", "kserve"])
+def test_the_api_keys_component_mounts_the_secret_where_resnet_serve_reads_its_keys(keyed, of_kind, name):
+    docs = keyed[name]
+    if name == "kserve":
+        (isvc,) = of_kind(docs, "InferenceService")
+        pod = {k: v for k, v in isvc["spec"]["predictor"].items() if k in ("containers", "volumes", "securityContext")}
+        for version in KUBERNETES_VERSIONS:
+            kubernetes_validate.validate(
+                {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": pod}, version, strict=True
+            )
+        container = pod["containers"][0]
+    else:
+        (deployment,) = of_kind(docs, "Deployment")
+        for version in KUBERNETES_VERSIONS:
+            kubernetes_validate.validate(deployment, version, strict=True)
+        pod, container = deployment["spec"]["template"]["spec"], server(deployment)
+    config = serve_config.parse([], environ={k: v for k, v in env_of(container).items() if k.startswith("RESNET_")})
+    keys_file = Path(config.api_keys_file)
+    (mount,) = [m for m in container["volumeMounts"] if Path(m["mountPath"]) == keys_file.parent]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == "resnet-serve-api-keys"  # not renamed by the overlay's suffix
+    assert volume["secret"]["defaultMode"] & 0o007 == 0, "the keys must not be readable by other users"
+    assert "optional" not in volume["secret"], "a keyed service must wait for its Secret, not start open"
+
+
+def test_without_the_component_no_pod_needs_a_secret(rendered, of_kind):
+    for name in SERVING:
+        (deployment,) = of_kind(rendered[name], "Deployment")
+        assert all("secret" not in v for v in deployment["spec"]["template"]["spec"]["volumes"])
+        assert "RESNET_SERVE_API_KEYS_FILE" not in env_of(server(deployment))
