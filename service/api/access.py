@@ -25,7 +25,7 @@ from service.api.limits import Limiter
 log = logging.getLogger("service.api.access")
 
 OPEN_PATHS = frozenset({"/", "/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready"})
-OPEN_PREFIXES = ("/schema",)
+OPEN_PREFIXES = ("/schema", "/ui/")  # the page's own files: it asks for a key itself
 ANONYMOUS = "anonymous"  # the key label of requests counted while keys are off
 NO_KEY = "-"  # the key label of requests refused for a missing or unknown key
 

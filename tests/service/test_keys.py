@@ -108,6 +108,17 @@ def test_without_a_key_classify_models_and_oip_model_routes_answer_401_with_the_
     assert response.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
 
 
+def access_line(server, request_id: str, timeout_s: float = 10.0) -> str:
+    """The request's access-log line: written after the response is sent, so it may lag the answer."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lines = [line for line in server.log().splitlines() if request_id in line and '"service.access"' in line]
+        if lines or time.monotonic() > deadline:
+            (line,) = lines
+            return line
+        time.sleep(0.05)
+
+
 def test_each_listed_key_is_accepted_and_named_in_the_access_log_and_metrics(keyed):
     server, _ = keyed
     image = encode(photo("coffee.png").convert("RGB"))
@@ -117,7 +128,7 @@ def test_each_listed_key_is_accepted_and_named_in_the_access_log_and_metrics(key
         assert response.status_code == 200, response.text
         assert response.json()["model"] == "resnet18"
         request_id = response.headers["X-Request-ID"]
-        (line,) = [line for line in server.log().splitlines() if request_id in line and '"service.access"' in line]
+        line = access_line(server, request_id)
         assert f'"key": "{name}"' in line
         assert status(server, "/models", key) == 200
     assert status(server, "/models", f" {ALICE.upper()} ".strip()) == 401  # compared exactly

@@ -202,3 +202,56 @@ def test_every_file_of_the_page_ships_as_package_data():
     shipped = {path for pattern in globs for path in package.glob(pattern) if path.is_file()}
     assert shipped == {path for path in (package / "static").rglob("*") if path.is_file()}
     assert set(page.static_files()) == {str(path.relative_to(package / "static")) for path in shipped}
+
+
+def test_with_keys_the_page_asks_for_one_and_sends_it(browser, models_dir, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from .conftest import start_server
+
+    keys = tmp_path / "keys"
+    keys.write_text("page-user page-user-key-0123456789\n")
+    keys.chmod(0o600)
+    (tmp_path / "log").mkdir()
+    server = start_server(models_dir, tmp_path / "log", "--providers", "cpu", "--api-keys-file", str(keys))
+    try:
+        browser.get(server.url + "/")  # the page and its files are open; /models is not
+        wait(browser, lambda d: d.execute_script("return !document.querySelector('#key-box').hidden"), "the key field")
+        assert "needs an API key" in browser.find_element(By.ID, "service-error").text  # the service's own words
+        browser.find_element(By.ID, "api-key").send_keys("page-user-key-0123456789")
+        browser.find_element(By.ID, "key-use").click()
+        wait(browser, lambda d: d.execute_script("return !document.querySelector('#model').disabled"), "the model list")
+        browser.find_element(By.ID, "files").send_keys(str(PHOTO))
+        answer = httpx.post(server.url + "/classify", content=PHOTO.read_bytes(), timeout=30,
+                            headers={"Content-Type": "image/png", "Authorization": "Bearer page-user-key-0123456789"})  # fmt: skip
+        assert_shows(settled(browser, PHOTO.name), answer.json())
+    finally:
+        browser.execute_script("sessionStorage.clear()")
+        server.stop()
+
+
+def test_an_answer_below_its_calibrated_confidence_is_marked_not_sure(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from .colour_models import AMBIGUOUS, CLEAR, png, write_cascade_file, write_ladder
+    from .conftest import start_server
+
+    folder = write_ladder(tmp_path / "models")
+    write_cascade_file(folder, abstain={"resnet18": {"threshold": 0.9, "target_risk": 0.05}})
+    (tmp_path / "log").mkdir()
+    server = start_server(folder, tmp_path / "log", "--providers", "cpu")
+    try:
+        open_page(browser, server)
+        choose(browser, "resnet18")
+        for name, colour in (("unsure.png", AMBIGUOUS[1]), ("sure.png", CLEAR[1])):
+            (tmp_path / name).write_bytes(png(colour))
+            browser.find_element(By.ID, "files").send_keys(str(tmp_path / name))
+            settled(browser, name)
+        marks = browser.execute_script(
+            "return Object.fromEntries([...document.querySelectorAll('.card')].map((c) => "
+            "[c.dataset.name, c.querySelector('.abstained').hidden ? null : c.querySelector('.abstained').textContent]))"
+        )
+        assert marks["sure.png"] is None
+        assert marks["unsure.png"].startswith("Not sure: confidence") and "0.9000" in marks["unsure.png"]
+    finally:
+        server.stop()

@@ -6,6 +6,7 @@ for by OTEL_* variables, the request's spans carry the client's trace id."""
 from __future__ import annotations
 
 import json
+import time
 import re
 
 import httpx
@@ -29,9 +30,15 @@ def classify(server, headers: dict) -> httpx.Response:
     return response
 
 
-def log_lines(server, request_id: str) -> list[dict]:
-    lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
-    return [line for line in lines if line.get("request_id") == request_id]
+def log_lines(server, request_id: str, timeout_s: float = 10.0) -> list[dict]:
+    """The request's log lines; the access line is written after the response, so wait for it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+        mine = [line for line in lines if line.get("request_id") == request_id]
+        if any(line.get("logger") == "service.access" for line in mine) or time.monotonic() > deadline:
+            return mine
+        time.sleep(0.05)
 
 
 def test_a_client_trace_id_comes_back_and_is_in_the_requests_log_lines(server):

@@ -4,23 +4,45 @@
 
 const AUTO = "auto"; // the depth cascade's model name (docs/cascade.md)
 
-// Hooks for features the service does not offer yet. Each does nothing until it does; the page
-// calls them at the right moment, so a feature is one function here.
+// What the page adds to the plain classification: the API key it was given (sent with every
+// request; kept for this tab only), the heatmap and the abstention verdict of an answer.
+const KEY_STORAGE = "resnet-serve-api-key";
 const hooks = {
-  // An API key field: return {Authorization: "Bearer <key>"} to send it with every request.
   requestHeaders() {
-    return {};
+    const key = sessionStorage.getItem(KEY_STORAGE);
+    return key ? { Authorization: `Bearer ${key}` } : {};
   },
   // An answer that carries a heatmap: draw it over the card's thumbnail (card.querySelector(".thumb")).
   showHeatmap(card, answer) {},
-  // An answer that says the model abstained: mark the card.
-  showAbstained(card, answer) {},
+  // Every answer says whether to trust it (abstain=true): an abstained one is marked, with why.
+  showAbstained(card, answer) {
+    const note = card.querySelector(".abstained");
+    note.hidden = answer.abstained !== true;
+    card.dataset.abstained = String(answer.abstained === true);
+    if (answer.abstained === true) {
+      note.textContent = `Not sure: ${answer.abstention.reason}. The top guesses are shown anyway.`;
+    }
+  },
 };
 
 const $ = (selector) => document.querySelector(selector);
 const modelSelect = $("#model");
 const budget = $("#budget");
 const items = []; // {file, card, run}: every image on the page, newest first
+
+// A 401 asks for a key: the field appears, and a key given reloads the choices with it.
+function askForKey(message) {
+  $("#key-box").hidden = false;
+  showServiceError(message);
+}
+
+$("#key-use").addEventListener("click", () => {
+  const key = $("#api-key").value.trim();
+  if (key) sessionStorage.setItem(KEY_STORAGE, key);
+  else sessionStorage.removeItem(KEY_STORAGE);
+  $("#service-error").hidden = true;
+  loadModels();
+});
 
 // --- the choices: every served model by name and depth, and auto -------------------------------
 
@@ -31,6 +53,10 @@ async function loadModels() {
     body = await response.json();
   } catch (error) {
     showServiceError(`Could not reach the service (${error.message}). Is resnet-serve running?`);
+    return;
+  }
+  if (response.status === 401) {
+    askForKey(errorText(response, body));
     return;
   }
   if (!response.ok) {
@@ -130,7 +156,7 @@ async function classify(item) {
   const run = ++item.run; // a later run (another model chosen meanwhile) wins
   const { card } = item;
   const choice = modelSelect.disabled ? "" : modelSelect.value;
-  const params = new URLSearchParams();
+  const params = new URLSearchParams({ abstain: "true" });
   if (choice) params.set("model", choice);
   if (choice === AUTO && budgetMs() !== null) params.set("budget_ms", String(budgetMs()));
   card.dataset.state = "busy";
