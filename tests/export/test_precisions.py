@@ -10,7 +10,7 @@ from onnx import TensorProto
 
 def _predict(path, images: np.ndarray) -> np.ndarray:
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return np.concatenate([sess.run(None, {"input": images[i : i + 64]})[0] for i in range(0, len(images), 64)])
+    return np.concatenate([sess.run(["logits"], {"input": images[i : i + 64]})[0] for i in range(0, len(images), 64)])
 
 
 def test_fp16_keeps_uint8_input_float32_output_and_stores_float16_weights(reduced_models_dir):
