@@ -93,6 +93,8 @@ def run(config: ExportConfig) -> Path:
                                      images.batches(val, indices, config.batch_size),
                                      on_batch=lambda n: progress.count(n, len(indices)))
         progress.say(judgement.summary())
+        if judgement.maps is not None:
+            progress.say(judgement.maps.summary())
         verify.require(judgement)
 
     card = _card(payload, digest, config.model_name(arch), config.precision, pre, extras)

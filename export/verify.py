@@ -128,7 +128,7 @@ class Judgement:
     def summary(self) -> str:
         return (f"{self.precision} on {self.images} validation images ({self.provider}): top-1 agreement "
                 f"with fp32 {self.agreement:.2f}%, top-1 {self.top1:.2f}% vs fp32 {self.reference_top1:.2f}% "
-                f"(drop {self.top1_drop:+.2f} points)" + (f"\n{self.maps.summary()}" if self.maps else ""))
+                f"(drop {self.top1_drop:+.2f} points)")
 
 
 def judge(precision: str, reference: ort.InferenceSession, candidate: ort.InferenceSession,

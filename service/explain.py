@@ -99,15 +99,17 @@ def colourise(values: np.ndarray) -> np.ndarray:
     return np.round(rgb).astype(np.uint8)
 
 
-def overlay(map_: Heatmap, image: Image.Image, prep: Preprocessing, alpha: float = ALPHA,
+def overlay(map_: Heatmap, image: Image.Image, prep: Preprocessing | None, alpha: float = ALPHA,
             max_side: int = MAX_SIDE) -> Image.Image:
     """The input image with the map blended over the centre crop the model saw, at most max_side.
 
-    Outside the crop the model saw nothing, so that part is left as it was but dimmed."""
+    `image` is the decoded upload and `prep` the model's preprocessing, whose crop the map covers;
+    outside the crop the model saw nothing, so that part is left as it was but dimmed. With `prep`
+    None, `image` is the crop itself (the model's input pixels) and the map covers all of it."""
     if not 0.0 <= alpha <= 1.0:
         raise MapError(f"alpha must be in [0, 1], got {alpha!r}")
     image = image.convert("RGB")
-    box = crop_box(image.width, image.height, prep)
+    box = crop_box(image.width, image.height, prep) if prep is not None else (0, 0, image.width, image.height)
     scale = min(1.0, max_side / max(image.size))
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     base = np.asarray(image.resize(size, Image.Resampling.BILINEAR) if scale < 1 else image, dtype=np.float64)
@@ -123,7 +125,7 @@ def overlay(map_: Heatmap, image: Image.Image, prep: Preprocessing, alpha: float
     return Image.fromarray(np.round(out).astype(np.uint8))
 
 
-def overlay_png(map_: Heatmap, image: Image.Image, prep: Preprocessing, alpha: float = ALPHA,
+def overlay_png(map_: Heatmap, image: Image.Image, prep: Preprocessing | None, alpha: float = ALPHA,
                 max_side: int = MAX_SIDE) -> bytes:
     """overlay() as PNG bytes."""
     buffer = io.BytesIO()

@@ -120,8 +120,10 @@ def test_reduced_precision_maps_follow_fp32s(precision, tiny_models_dir, reduced
     r = np.array([np.corrcoef(a[i], b[i])[0, 1] for i in range(n)])
     cosine = (emb * emb2).sum(1) / np.linalg.norm(emb, axis=1) / np.linalg.norm(emb2, axis=1)
     assert np.percentile(r, 5) >= (0.99 if precision == "fp16" else 0.95)
-    assert (a.argmax(1) == b.argmax(1)).mean() >= (0.95 if precision == "fp16" else 0.8)
-    assert cosine.min() >= (0.999 if precision == "fp16" else 0.95)
+    # The other's peak cell holds within 5% of fp32's peak in fp32's own map (a near tie may swap).
+    at_peak = a[np.arange(n), b.argmax(1)]
+    assert (at_peak >= a.max(1) - 0.05 * (a.max(1) - a.min(1))).mean() >= (0.99 if precision == "fp16" else 0.9)
+    assert cosine.min() >= (0.999 if precision == "fp16" else 0.99)
 
 
 def test_the_int8_gate_reports_and_checks_the_maps(tiny_checkpoints, tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import onnxruntime as ort
@@ -77,6 +78,16 @@ def test_the_overlay_colours_the_crop_the_model_saw_hot_where_the_map_peaks(name
         np.testing.assert_allclose(pixels[:, : left - 1], np.round(base[:, : left - 1] * 0.5), atol=1)
     if top > 0:
         np.testing.assert_allclose(pixels[: top - 1], np.round(base[: top - 1] * 0.5), atol=1)
+
+
+def test_an_overlay_of_the_crop_itself_covers_all_of_it():
+    pixels = replace(PREP, input_dtype="uint8", layout="NHWC")  # the crop a pixel-input model receives
+    crop = Image.fromarray(prepare(encode(photo(PHOTOS[1]).convert("RGB")), pixels, 50_000_000))
+    out = np.asarray(explain.overlay(explain.heatmap(_peaked(7, 6, 0)), crop, None), dtype=np.int32)
+    base = np.asarray(crop, dtype=np.int32)
+    assert out.shape == base.shape
+    hot, cold = out[220, 3] - base[220, 3], out[3, 220] - base[3, 220]  # bottom-left peak, top-right low
+    assert hot[0] > hot[2] and cold[2] > cold[0]
 
 
 def test_the_overlay_png_is_a_png_of_the_overlay():
