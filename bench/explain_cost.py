@@ -17,7 +17,7 @@ Each round makes `runs` passes; a pass calls every case once, in a shuffled orde
 each case's median time over the rounds' medians, and its ratio to `plain` (median over rounds, with
 the lowest and highest round's ratio as the spread).
 
-    python -m bench.explain_cost --out results/explain-cost.json              # 25 min on a loaded 2-core box
+    python -m bench.explain_cost --out results/explain-cost.json              # 10 min on a 2-core box at load 2-5
     python -m bench.explain_cost --archs resnet18 --rounds 3 --out /tmp/x.json
     python -m bench.explain_cost --profile --out results/explain-profile.json  # per-node kernel time
 """

@@ -143,7 +143,7 @@ def judge(precision: str, reference: ort.InferenceSession, candidate: ort.Infere
         ref_out = reference.run(names, {ref_name: images})
         cand_feed = {cand_name: images}
         if maps is not None:
-            cand_feed = verify_explain.candidate_feed(candidate, cand_feed, ref_out[0].shape[1])
+            cand_feed = verify_explain.candidate_feed(cand_feed, ref_out[0].shape[1])
         cand_out = candidate.run(names, cand_feed)
         if maps is not None:
             maps.add(ref_out, cand_out)

@@ -145,7 +145,7 @@ class MapJudgement:
                                        f"{peaks:.1f}% of images, below the required {gate['same_peak']}%")
 
 
-def candidate_feed(sess: ort.InferenceSession, feed: dict, num_classes: int) -> dict:
+def candidate_feed(feed: dict, num_classes: int) -> dict:
     """The candidate's feed: every class's map, so fp32's top-1 class is there whatever it ranks."""
     return {**feed, CAM_K_INPUT: np.array([num_classes], dtype=np.int64)}
 
