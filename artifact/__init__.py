@@ -8,6 +8,11 @@ Training, export, calibration and the service all import this package; it import
 """
 
 from artifact.card import (
+    CAM_CLASSES_OUTPUT,
+    CAM_K_DEFAULT,
+    CAM_K_INPUT,
+    CAM_OUTPUT,
+    EMBEDDING_OUTPUT,
     FORMAT_VERSION,
     INPUT_DTYPES,
     INTERPOLATIONS,
@@ -16,6 +21,7 @@ from artifact.card import (
     PREFIX,
     SHORTCUTS,
     ArtifactError,
+    ExtraOutput,
     ModelCard,
     Preprocessing,
     depth_of,
@@ -23,6 +29,7 @@ from artifact.card import (
 from artifact.files import git_commit, write_atomically
 
 __all__ = [
+    "CAM_CLASSES_OUTPUT", "CAM_K_DEFAULT", "CAM_K_INPUT", "CAM_OUTPUT", "EMBEDDING_OUTPUT", "ExtraOutput",
     "FORMAT_VERSION", "INPUT_DTYPES", "INTERPOLATIONS", "LAYOUTS", "PRECISIONS", "PREFIX", "SHORTCUTS",
     "ArtifactError", "ModelCard", "Preprocessing", "depth_of", "git_commit", "write_atomically",
 ]  # fmt: skip

@@ -20,7 +20,9 @@ from typing import Mapping
 # Bump when a key changes meaning; readers refuse newer versions. 2: the preprocessing
 # says what the graph's input holds (input_dtype, layout); a version-1 card has neither key and
 # means float32 NCHW, normalised by the caller, which is how version-1 files are still read.
-FORMAT_VERSION = 2
+# 3: the card lists the graph's extra outputs (embedding, class activation maps) and the input that
+# sizes the maps; a version-1 or -2 card has neither key and its file has no extra outputs.
+FORMAT_VERSION = 3
 PREFIX = "resnet_serving."  # namespaces our keys among other tools' metadata_props
 PRECISIONS = ("fp32", "fp16", "int8")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
@@ -33,6 +35,15 @@ LAYOUTS = ("NHWC", "NCHW")  # NHWC is what a decoded image already is: [batch, h
 # B projects only there (torchvision's), C projects everywhere. A checkpoint or card without one
 # (None) has the arch's own: B for the ImageNet ResNets, A for the CIFAR nets, none for plain nets.
 SHORTCUTS = ("A", "B", "C")
+# The explanation outputs resnet-export adds after the logits (export.explain): the pooled features
+# [batch, C], the class activation maps of the top k classes [batch, k, h, w] and those classes
+# [batch, k]; k comes from an optional int64 [1] input, CAM_K_DEFAULT when it is not fed.
+EMBEDDING_OUTPUT = "embedding"
+CAM_OUTPUT = "cam"
+CAM_CLASSES_OUTPUT = "cam_classes"
+CAM_K_INPUT = "cam_k"
+CAM_K_DEFAULT = 5
+OUTPUT_DTYPES = ("float32", "int64")
 
 
 class ArtifactError(ValueError):
@@ -111,6 +122,35 @@ class Preprocessing:
 
 
 @dataclass(frozen=True)
+class ExtraOutput:
+    """One graph output besides the logits: its name, element type and shape."""
+
+    name: str  # the graph output's name, e.g. EMBEDDING_OUTPUT
+    dtype: str  # one of OUTPUT_DTYPES
+    shape: tuple[int | str, ...]  # an int is a fixed size, a string a symbolic one ("batch", "k")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(self.shape))
+        if not (isinstance(self.name, str) and self.name):
+            raise ArtifactError(f"an extra output's name must be a non-empty string, got {self.name!r}")
+        if self.dtype not in OUTPUT_DTYPES:
+            raise ArtifactError(f"output {self.name!r}: dtype must be one of {OUTPUT_DTYPES}, got {self.dtype!r}")
+        if not all(isinstance(d, str) or (isinstance(d, int) and d > 0) for d in self.shape):
+            raise ArtifactError(f"output {self.name!r}: shape must hold positive ints and names, got {self.shape!r}")
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> ExtraOutput:
+        if not isinstance(data, Mapping) or set(data) != {"name", "dtype", "shape"}:
+            raise ArtifactError(f"an extra output must have keys name, dtype, shape, got {data!r}")
+        if not isinstance(data["shape"], list):
+            raise ArtifactError(f"output {data['name']!r}: shape must be a list, got {data['shape']!r}")
+        return cls(data["name"], data["dtype"], tuple(data["shape"]))
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """Everything the service needs to know about one exported model, stored inside the file."""
 
@@ -131,6 +171,8 @@ class ModelCard:
     output_name: str = "logits"  # graph output: float32 [batch, num_classes]
     git_commit: str | None = None  # git_commit() of the exporting code; None outside a git checkout
     shortcut: str | None = None  # SHORTCUTS option the network was built with; None: the arch's own
+    extra_outputs: tuple[ExtraOutput, ...] = ()  # graph outputs besides the logits; () in older files
+    cam_k_input: str | None = None  # optional int64 [1] input: how many classes' maps CAM_OUTPUT holds
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_ids", tuple(self.class_ids))
@@ -146,7 +188,29 @@ class ModelCard:
             raise ArtifactError(f"git_commit must be a string or None, got {self.git_commit!r}")
         if self.shortcut is not None and self.shortcut not in SHORTCUTS:
             raise ArtifactError(f"shortcut must be one of {SHORTCUTS} or None, got {self.shortcut!r}")
+        object.__setattr__(self, "extra_outputs", tuple(self.extra_outputs))
+        names = [self.output_name, *(e.name for e in self.extra_outputs)]
+        if len(set(names)) != len(names):
+            raise ArtifactError(f"output names must differ, got {names}")
+        if (self.cam_k_input is not None) != (self.output(CAM_OUTPUT) is not None):
+            raise ArtifactError(f"cam_k_input ({self.cam_k_input!r}) must be set exactly when {CAM_OUTPUT!r} is an output")
         depth_of(self.arch)
+
+    def output(self, name: str) -> ExtraOutput | None:
+        """The extra output called `name`, or None when the file has none (every file before format 3)."""
+        return next((e for e in self.extra_outputs if e.name == name), None)
+
+    @property
+    def embedding_size(self) -> int | None:
+        """Width of the pooled embedding (512 for resnet18, 2048 for resnet152); None without one."""
+        out = self.output(EMBEDDING_OUTPUT)
+        return out.shape[1] if out is not None else None
+
+    @property
+    def cam_size(self) -> tuple[int, int] | None:
+        """(h, w) of the class activation maps; None without them. (1, 1) carries no location."""
+        out = self.output(CAM_OUTPUT)
+        return (out.shape[2], out.shape[3]) if out is not None else None
 
     @property
     def depth(self) -> int:
@@ -184,6 +248,8 @@ class ModelCard:
             "output_name": self.output_name,
             "git_commit": json.dumps(self.git_commit),
             "shortcut": json.dumps(self.shortcut),
+            "extra_outputs": json.dumps([e.to_dict() for e in self.extra_outputs]),
+            "cam_k_input": json.dumps(self.cam_k_input),
         }
         return {PREFIX + key: value for key, value in values.items()}
 
@@ -226,4 +292,13 @@ class ModelCard:
             git_commit=parse("git_commit", json.loads) if PREFIX + "git_commit" in props else None,
             # Optional: files exported before `resnet-train --shortcut` lack it and have the arch's own.
             shortcut=parse("shortcut", json.loads) if PREFIX + "shortcut" in props else None,
+            # Format 3 lists them (maybe none); a file of format 1 or 2 predates them and has none.
+            extra_outputs=_extra_outputs(parse("extra_outputs", json.loads)) if version >= 3 else (),
+            cam_k_input=parse("cam_k_input", json.loads) if version >= 3 else None,
         )
+
+
+def _extra_outputs(raw) -> tuple[ExtraOutput, ...]:
+    if not isinstance(raw, list):
+        raise ArtifactError(f"model metadata {PREFIX + 'extra_outputs'!r} must be a list, got {raw!r}")
+    return tuple(ExtraOutput.from_dict(item) for item in raw)

@@ -12,6 +12,18 @@ PARITY_BATCHES = (1, 2, 7)  # issue 3: fp32 parity at these batch sizes, 7 to ca
 PARITY_TOLERANCE = 1e-3  # fp32 max |ORT - torch| allowed, as a fraction of max |logit|
 FP16_MIN_AGREEMENT = 99.0  # percent of validation images whose fp16 top-1 equals fp32's
 INT8_MAX_TOP1_DROP = 1.5  # accuracy points int8 may lose against fp32 on validation images
+# How far fp16's and int8's class activation maps and embeddings may drift from fp32's, on the
+# validation images that judge their top-1 (docs/export.md has the values measured under them):
+#   correlation_p5: 5th percentile over images of the Pearson r between the maps of fp32's top-1 class
+#   same_peak: percent of images whose map peaks where fp32's does, up to ties: on a cell whose value
+#     in fp32's map is within PEAK_TIE of fp32's peak, as a fraction of the map's range (a random
+#     network's 7x7 maps have their two highest cells ~5% apart, which int8's rounding can swap)
+#   embedding_cosine: the lowest cosine similarity of an image's two embeddings
+PEAK_TIE = 0.05
+MAP_GATES = {
+    "fp16": {"correlation_p5": 0.99, "same_peak": 99.0, "embedding_cosine": 0.999},
+    "int8": {"correlation_p5": 0.95, "same_peak": 90.0, "embedding_cosine": 0.99},
+}
 NAME_SUFFIX = {"fp32": "", "fp16": "-fp16", "int8": "-int8"}  # default served name = arch + suffix
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import onnx
 import torch
 
-from artifact import ArtifactError, ModelCard, Preprocessing, git_commit, write_atomically
-from export import fp16, graph, images, int8, verify
+from artifact import CAM_K_INPUT, ArtifactError, ModelCard, Preprocessing, git_commit, write_atomically
+from export import explain, fp16, graph, images, int8, verify, verify_explain
 from export.config import PARITY_BATCHES, ExportConfig, ExportError
 from export.progress import Progress
 from artifact import preprocess
@@ -58,6 +58,11 @@ def run(config: ExportConfig) -> Path:
         verify.check_graph(fp32)
         if not graph.batch_dim(fp32):
             raise verify.VerificationError("the exported graph has a fixed batch size; expected a dynamic one")
+        try:
+            fp32, extras = explain.add_outputs(fp32)
+        except explain.GraphShapeError as error:
+            raise ExportError(f"cannot add the embedding and class activation maps to {arch}: {error}") from error
+        verify.check_graph(fp32)
 
     reference = verify.session(fp32)
     with progress.step(f"checking fp32 parity with torch at batch {', '.join(map(str, PARITY_BATCHES))}"):
@@ -69,6 +74,9 @@ def run(config: ExportConfig) -> Path:
             progress.say(f"  batch {p.batch}: max |ORT - torch| {p.max_abs_diff:.2e} (max |logit| "
                          f"{p.max_abs_logit:.3g}), top-5 identical"
                          + (f" up to ties within the tolerance in {p.top5_ties} image(s)" if p.top5_ties else ""))
+        for p in verify_explain.parity(model, reference, inputs):
+            progress.say(f"  batch {p.batch}: embedding max |ORT - torch| {p.embedding_diff:.2e}, class activation "
+                         f"maps {p.cam_diff:.2e} (max |map| {p.cam_scale:.3g})")
 
     final = fp32
     if config.precision == "fp16":
@@ -85,9 +93,11 @@ def run(config: ExportConfig) -> Path:
                                      images.batches(val, indices, config.batch_size),
                                      on_batch=lambda n: progress.count(n, len(indices)))
         progress.say(judgement.summary())
+        if judgement.maps is not None:
+            progress.say(judgement.maps.summary())
         verify.require(judgement)
 
-    card = _card(payload, digest, config.model_name(arch), config.precision, pre)
+    card = _card(payload, digest, config.model_name(arch), config.precision, pre, extras)
     graph.attach_card(final, card)
     _write(final, target)
     progress.say(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB)")
@@ -186,7 +196,8 @@ def _quantize(fp32: onnx.ModelProto, record: dict, source: str, pre: Preprocessi
         batches = images.batches(train, indices, config.batch_size)
         counted = _counting(batches, len(indices), progress)
         try:
-            quantized = int8.to_int8(fp32, graph.INPUT_NAME, counted)  # the graph's input: pixels
+            # the graph's input: pixels; the maps' own nodes stay float (their inputs are dequantized)
+            quantized = int8.to_int8(fp32, graph.INPUT_NAME, counted, exclude=explain.node_names(fp32))
         except Exception as error:  # noqa: BLE001 - the quantizer raises many types
             raise ExportError(f"int8 quantization failed: {_first_line(error)}") from error
         verify.check_graph(quantized)
@@ -202,7 +213,7 @@ def _counting(batches, total: int, progress: Progress):
         progress.count(done, total)
 
 
-def _card(payload: dict, digest: str, name: str, precision: str, pre: Preprocessing) -> ModelCard:
+def _card(payload: dict, digest: str, name: str, precision: str, pre: Preprocessing, extras) -> ModelCard:
     metrics = payload["metrics"]
     try:
         return ModelCard(
@@ -221,6 +232,8 @@ def _card(payload: dict, digest: str, name: str, precision: str, pre: Preprocess
             onnx_version=onnx.__version__,
             exported_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             git_commit=git_commit(),
+            extra_outputs=extras,
+            cam_k_input=CAM_K_INPUT,
         )
     except ArtifactError as error:
         raise ExportError(f"checkpoint cannot describe an artifact: {error}") from error

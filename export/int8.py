@@ -30,10 +30,12 @@ class _Batches(CalibrationDataReader):
         return None if batch is None else {self.input_name: batch}
 
 
-def to_int8(proto: onnx.ModelProto, input_name: str, calibration: Iterable[np.ndarray]) -> onnx.ModelProto:
+def to_int8(proto: onnx.ModelProto, input_name: str, calibration: Iterable[np.ndarray],
+            exclude: Iterable[str] = ()) -> onnx.ModelProto:
     """Quantize statically with activation ranges from `calibration` (batches of the graph's input:
     uint8 pixels since issue 16, which the graph's own Cast and normalisation turn into the first
-    convolution's float input, so the ranges are those of what the service sends)."""
+    convolution's float input, so the ranges are those of what the service sends). Nodes named in
+    `exclude` stay in float32."""
     with tempfile.TemporaryDirectory(prefix="resnet-export-int8-") as tmp:
         fp32_path, prepared_path, int8_path = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         onnx.save(proto, fp32_path)
@@ -49,5 +51,6 @@ def to_int8(proto: onnx.ModelProto, input_name: str, calibration: Iterable[np.nd
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(exclude),
         )
         return onnx.load(int8_path)

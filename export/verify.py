@@ -16,6 +16,8 @@ import onnxruntime as ort
 import torch
 
 from export.config import FP16_MIN_AGREEMENT, INT8_MAX_TOP1_DROP, PARITY_BATCHES, PARITY_TOLERANCE, ExportError
+from export import verify_explain
+from export.graph import OUTPUT_NAME as LOGITS
 
 CPU = ["CPUExecutionProvider"]
 
@@ -86,7 +88,7 @@ def parity(model: torch.nn.Module, sess: ort.InferenceSession, images: np.ndarra
         x = np.ascontiguousarray(images[:b])  # the graph's own input: uint8 pixels or float32
         with torch.no_grad():
             expected = model.eval()(torch.from_numpy(x)).numpy()
-        (got,) = sess.run(None, {input_name: x})
+        (got,) = sess.run([LOGITS], {input_name: x})  # by name: the graph has other outputs after it
         if got.shape != expected.shape:
             raise VerificationError(f"batch {b}: ONNX output shape {got.shape}, torch {expected.shape}")
         if not np.isfinite(expected).all():
@@ -116,6 +118,7 @@ class Judgement:
     reference_top1: float  # fp32 top-1 accuracy, percent
     top1: float  # the reduced-precision graph's top-1 accuracy, percent
     provider: str  # the execution provider that ran the reduced graph
+    maps: verify_explain.MapJudgement | None = None  # the explanation outputs against fp32's; None without them
 
     @property
     def top1_drop(self) -> float:
@@ -133,9 +136,18 @@ def judge(precision: str, reference: ort.InferenceSession, candidate: ort.Infere
     """Compare top-1 predictions of two sessions over (images, labels) batches."""
     ref_name, cand_name = reference.get_inputs()[0].name, candidate.get_inputs()[0].name
     total = same = ref_right = cand_right = 0
+    explained = verify_explain.has_extras(reference) and verify_explain.has_extras(candidate)
+    names = verify_explain.EXTRAS if explained else [LOGITS]
+    maps = verify_explain.MapJudgement(precision) if explained else None
     for images, labels in batches:
-        ref_pred = reference.run(None, {ref_name: images})[0].argmax(axis=1)
-        cand_pred = candidate.run(None, {cand_name: images})[0].argmax(axis=1)
+        ref_out = reference.run(names, {ref_name: images})
+        cand_feed = {cand_name: images}
+        if maps is not None:
+            cand_feed = verify_explain.candidate_feed(cand_feed, ref_out[0].shape[1])
+        cand_out = candidate.run(names, cand_feed)
+        if maps is not None:
+            maps.add(ref_out, cand_out)
+        ref_pred, cand_pred = ref_out[0].argmax(axis=1), cand_out[0].argmax(axis=1)
         total += len(labels)
         same += int((ref_pred == cand_pred).sum())
         ref_right += int((ref_pred == labels).sum())
@@ -144,7 +156,7 @@ def judge(precision: str, reference: ort.InferenceSession, candidate: ort.Infere
     if total == 0:
         raise VerificationError(f"cannot judge {precision}: the validation set is empty")
     pct = lambda n: 100.0 * n / total  # noqa: E731
-    return Judgement(precision, total, pct(same), pct(ref_right), pct(cand_right), candidate.get_providers()[0])
+    return Judgement(precision, total, pct(same), pct(ref_right), pct(cand_right), candidate.get_providers()[0], maps)
 
 
 def require(judgement: Judgement) -> Judgement:
@@ -159,4 +171,6 @@ def require(judgement: Judgement) -> Judgement:
             f"int8 top-1 is {judgement.top1:.2f}% vs fp32 {judgement.reference_top1:.2f}% on {judgement.images} "
             f"validation images: a drop of {judgement.top1_drop:.2f} points, over the allowed {INT8_MAX_TOP1_DROP:g}"
         )
+    if judgement.maps is not None:
+        judgement.maps.require()
     return judgement

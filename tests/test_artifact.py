@@ -78,3 +78,52 @@ def test_git_commit_names_the_checked_out_commit_and_none_outside_git(tmp_path):
     else:
         assert artifact.git_commit().removesuffix("-dirty") == head.stdout.strip()
     assert artifact.git_commit(tmp_path) is None
+
+
+def _explained(**changes) -> ModelCard:
+    extras = (artifact.ExtraOutput("embedding", "float32", ("batch", 512)),
+              artifact.ExtraOutput("cam", "float32", ("batch", "k", 7, 7)),
+              artifact.ExtraOutput("cam_classes", "int64", ("batch", "k")))
+    return _card(extra_outputs=extras, cam_k_input="cam_k", **changes)
+
+
+def test_a_card_with_extra_outputs_round_trips_and_says_what_it_can_answer():
+    card = _explained()
+    assert ModelCard.from_metadata(card.to_metadata()) == card
+    assert (card.embedding_size, card.cam_size, card.output("cam").shape) == (512, (7, 7), ("batch", "k", 7, 7))
+    assert (_card().embedding_size, _card().cam_size, _card().output("cam")) == (None, None, None)
+
+
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_a_card_of_an_older_format_reads_as_having_no_extra_outputs(version):
+    props = _explained().to_metadata()
+    del props[PREFIX + "extra_outputs"], props[PREFIX + "cam_k_input"]
+    props[PREFIX + "format_version"] = version
+    card = ModelCard.from_metadata(props)
+    assert (card.extra_outputs, card.cam_k_input, card.cam_size) == ((), None, None)
+
+
+def test_a_format_3_card_must_list_its_extra_outputs():
+    props = _explained().to_metadata()
+    del props[PREFIX + "extra_outputs"]
+    with pytest.raises(ArtifactError, match=f"lacks '{PREFIX}extra_outputs'"):
+        ModelCard.from_metadata(props)
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ('[{"name": "cam", "dtype": "float64", "shape": ["batch"]}]', "dtype must be one of"),
+    ('[{"name": "cam", "dtype": "float32", "shape": [0]}]', "shape must hold positive ints"),
+    ('[{"name": "cam"}]', "must have keys name, dtype, shape"),
+    ('{"cam": 1}', "must be a list"),
+])
+def test_a_malformed_extra_output_is_named(raw, message):
+    props = {**_explained().to_metadata(), PREFIX + "extra_outputs": raw}
+    with pytest.raises(ArtifactError, match=message):
+        ModelCard.from_metadata(props)
+
+
+def test_cam_k_input_goes_with_a_cam_output():
+    with pytest.raises(ArtifactError, match="cam_k_input"):
+        _card(cam_k_input="cam_k")
+    with pytest.raises(ArtifactError, match="output names must differ"):
+        _card(extra_outputs=(artifact.ExtraOutput("logits", "float32", ("batch", 2)),))

@@ -22,7 +22,7 @@ def test_onnx_logits_match_torch_on_val_images(arch, batch, tiny_checkpoints, ti
     x = images[10 : 10 + batch]
     with torch.no_grad():
         expected = net(torch.from_numpy(x)).numpy()
-    (got,) = _session(tiny_models_dir / arch / "model.onnx").run(None, {"input": x})
+    (got,) = _session(tiny_models_dir / arch / "model.onnx").run(["logits"], {"input": x})
     assert got.shape == (batch, 10) and got.dtype == np.float32
     assert np.abs(got - expected).max() <= 1e-3 * np.abs(expected).max()
     np.testing.assert_array_equal(np.argsort(-got, axis=1)[:, :5], np.argsort(-expected, axis=1)[:, :5])
@@ -38,9 +38,9 @@ def test_batch_dimension_is_dynamic(arch, tiny_models_dir, torch_reference, tiny
     assert isinstance(shape_input.shape[0], str)  # symbolic, not a number
     assert sess.get_outputs()[0].name == "logits"
     # Each image's logits do not depend on which batch it rides in (BatchNorm is folded, eval mode).
-    (alone,) = sess.run(None, {"input": images[:1]})
+    (alone,) = sess.run(["logits"], {"input": images[:1]})
     for batch in (3, 16, 33):
-        (out,) = sess.run(None, {"input": images[:batch]})
+        (out,) = sess.run(["logits"], {"input": images[:batch]})
         assert out.shape == (batch, 10)
         np.testing.assert_allclose(out[:1], alone, rtol=1e-4, atol=1e-4)
 

@@ -68,7 +68,7 @@ def test_an_old_style_export_takes_normalised_float32_and_matches_torch(float_mo
     x = np.stack([prepare(encode(photo(name).convert("RGB")), card.preprocessing, LIMIT) for name in PHOTOS])
     with torch.no_grad():
         expected = net.eval()(torch.from_numpy(x)).numpy()
-    (got,) = sess.run(None, {"input": x})
+    (got,) = sess.run(["logits"], {"input": x})
     assert np.abs(got - expected).max() <= 1e-3 * np.abs(expected).max()
 
 
@@ -76,8 +76,8 @@ def test_pixel_and_float_graphs_of_one_checkpoint_agree(float_model, tiny_models
     pixel_path = tiny_models_dir / "resnet18" / "model.onnx"
     for name in PHOTOS:
         data = encode(photo(name).convert("RGB"), quality=90)
-        (new,) = _session(pixel_path).run(None, {"input": prepare(data, _card(pixel_path).preprocessing, LIMIT)[None]})
-        (old,) = _session(float_model).run(None, {"input": prepare(data, _card(float_model).preprocessing, LIMIT)[None]})
+        (new,) = _session(pixel_path).run(["logits"], {"input": prepare(data, _card(pixel_path).preprocessing, LIMIT)[None]})
+        (old,) = _session(float_model).run(["logits"], {"input": prepare(data, _card(float_model).preprocessing, LIMIT)[None]})
         # Only float rounding differs: (x - 255 mean) / (255 std) in the graph vs x / 255 / std - mean / std.
         np.testing.assert_allclose(new, old, rtol=0, atol=1e-4 * np.abs(old).max())
 

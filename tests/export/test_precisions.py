@@ -10,13 +10,15 @@ from onnx import TensorProto
 
 def _predict(path, images: np.ndarray) -> np.ndarray:
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return np.concatenate([sess.run(None, {"input": images[i : i + 64]})[0] for i in range(0, len(images), 64)])
+    return np.concatenate([sess.run(["logits"], {"input": images[i : i + 64]})[0] for i in range(0, len(images), 64)])
 
 
 def test_fp16_keeps_uint8_input_float32_output_and_stores_float16_weights(reduced_models_dir):
     model = onnx.load(reduced_models_dir / "resnet20-fp16" / "model.onnx")
-    io_types = [v.type.tensor_type.elem_type for v in (*model.graph.input, *model.graph.output)]
-    assert io_types == [TensorProto.UINT8, TensorProto.FLOAT]
+    io_types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.input, *model.graph.output)}
+    # uint8 pixels and the maps' int64 k in; logits, embedding and maps float32 out, their classes int64
+    assert io_types == {"input": TensorProto.UINT8, "cam_k": TensorProto.INT64, "logits": TensorProto.FLOAT,
+                        "embedding": TensorProto.FLOAT, "cam": TensorProto.FLOAT, "cam_classes": TensorProto.INT64}
     conv_weights = {n.input[1] for n in model.graph.node if n.op_type == "Conv"}
     kinds = {t.data_type for t in model.graph.initializer if t.name in conv_weights}
     assert len(conv_weights) == 19 and kinds == {TensorProto.FLOAT16}  # every conv of resnet20 (6n+1, n=3)
