@@ -63,7 +63,7 @@ def graphs(arch: str) -> dict[str, onnx.ModelProto]:
 
 
 def session(proto: onnx.ModelProto, profile_prefix: str | None = None, optimized: Path | None = None) -> ort.InferenceSession:
-    """The service's settings for one session (service.runtime.session_options) on every core."""
+    """The service's settings for one session (service.engine.runtime.session_options) on every core."""
     options = ort.SessionOptions()
     if optimized is not None:
         options.optimized_model_filepath = str(optimized)

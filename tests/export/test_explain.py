@@ -13,7 +13,7 @@ import torch
 
 from artifact import PREFIX, ModelCard
 from service.config import ServeConfig
-from service.runtime import load_model
+from service.engine.runtime import load_model
 from training import checkpoint, models
 
 EXTRAS = ["logits", "embedding", "cam", "cam_classes"]

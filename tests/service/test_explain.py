@@ -1,4 +1,4 @@
-"""service.explain: raw class activation maps and embeddings become what an answer carries, on real photos."""
+"""service.api.explain: raw class activation maps and embeddings become what an answer carries, on real photos."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from PIL import Image
 
 from artifact import ModelCard, Preprocessing
 from artifact.preprocess import crop_box, prepare
-from service import explain
+from service.api import explain
 from tests.service.conftest import PHOTOS, encode, photo
 
 PREP = Preprocessing.for_input_size(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
