@@ -60,6 +60,10 @@ class Result:
     answers: list[Answer] | None = None  # AUTO only: each image's way up the ladder
     policy: Policy | None = None  # AUTO only: the cascade's signal and calibration
     verdicts: list[abstention.Verdict] | None = None  # when abstention was asked: one per image
+    # When explanations were asked: each image's outputs from its answering model (embedding, cam,
+    # cam_classes) and the input that model saw (the crop's pixels, for overlays).
+    explanations: list[dict[str, np.ndarray]] | None = None
+    inputs: list[np.ndarray] | None = None
 
 
 class Call:
@@ -162,16 +166,55 @@ class Call:
         pixels: list[np.ndarray] | None = None,
         budget_ms: float | None = None,
         abstain: bool | None = None,
+        explain: frozenset[str] = frozenset(),
     ) -> Result:
         """Probabilities for the images (file bytes) or the pixels (the model's own input, per image).
 
         `budget_ms` bends the cascade's depth; for a named model it is the request's deadline.
-        `abstain` (None: the server's setting) adds each image's verdict from its answering model."""
-        result = await self._classify(images, pixels, budget_ms)
+        `abstain` (None: the server's setting) adds each image's verdict from its answering model.
+        `explain` ("cam", "embedding") adds each image's explanations from its answering model."""
+        if explain:
+            self._check_explains(explain)
+        if explain and not self.auto:
+            result = await self._explained(images, pixels, budget_ms)
+        else:
+            result = await self._classify(images, pixels, budget_ms)
+            if explain:  # the cascade's answering rungs, again, for these images only
+                await self._explain_answers(result, images)
         if abstain if abstain is not None else self.service.config.abstain:
             rules = self.service.cascade.policy.abstain
             result.verdicts = [abstention.judge(row, rules.get(name)) for row, name in zip(result.rows, result.answered_by)]
         return result
+
+    def _check_explains(self, explain: frozenset[str]) -> None:
+        names = self.service.ladder.rungs if self.auto else (self.name,)
+        for name in names:
+            missing = sorted(explain - set(self.service.models[name].explains))
+            if missing:
+                raise errors.InvalidParameter(
+                    f"model {name!r} cannot answer {', '.join(missing)}: its file was exported without those "
+                    "outputs (re-export it with this version of resnet-export)", parameter=missing[0],
+                )  # fmt: skip
+
+    async def _explained(self, images, pixels, budget_ms) -> Result:
+        """A named model's answer and explanations from one run of their own."""
+        self.images = len(images if images is not None else pixels)
+        if budget_ms is not None:
+            self.budget_ms, self.budget_deadline = budget_ms, self.started + budget_ms / 1000.0
+        async with asyncio.timeout_at(min(self.deadline, self.budget_deadline or self.deadline)):
+            inputs, outputs = await self.pipeline.explain(payloads=images, arrays=pixels)
+        rows = [output.pop("probabilities") for output in outputs]
+        return Result(self.name, self.card, rows, [self.name] * len(rows), explanations=outputs, inputs=inputs)
+
+    async def _explain_answers(self, result: Result, images: list[bytes]) -> None:
+        """Explanations for the cascade's answers: each answering rung runs its images once more."""
+        result.explanations, result.inputs = [{}] * len(images), [None] * len(images)
+        for name in dict.fromkeys(result.answered_by):
+            indices = [i for i, by in enumerate(result.answered_by) if by == name]
+            inputs, outputs = await self.service.pipelines[name].explain(payloads=[images[i] for i in indices])
+            for i, array, output in zip(indices, inputs, outputs):
+                output.pop("probabilities")
+                result.explanations[i], result.inputs[i] = output, array
 
     async def _classify(self, images, pixels, budget_ms) -> Result:
         if budget_ms is not None:

@@ -25,11 +25,11 @@ from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.params import Parameter
 
 from service import errors, metrics, trace
-from service.api import access, cors, oip, page, schemas, server, uploads
+from service.api import access, answers, cors, oip, page, schemas, server, uploads
 from service.api.context import LOG_FIELDS, REQUEST_ID, RequestContext
 from service.api.openapi import ClassifyOperation
 from service.config import ServeConfig
-from service.dataplane import AUTO, Result, Service
+from service.dataplane import Service
 from service.depth import cascade_file, ladder as ladders
 from service.depth.cascade import Policy
 from service.engine.runtime import LoadedModel
@@ -63,7 +63,8 @@ def _service(request: Request) -> Service:
 
 
 async def _classify(
-    request: Request, model: str | None, k: int | None, depth: int | None, budget_ms: float | None, abstain: bool | None
+    request: Request, model: str | None, k: int | None, depth: int | None, budget_ms: float | None,
+    abstain: bool | None, asks: answers.Asks,
 ) -> schemas.Classification | schemas.BatchClassification:
     """Parse the body, classify through the data plane, encode the answer."""
     service = _service(request)
@@ -89,43 +90,9 @@ async def _classify(
         else:
             boundary = request.content_type[1].get("boundary")
             payloads = await uploads.read_multipart(body, boundary, config.max_body_bytes, config.max_images)
-        result = await call.classify(images=payloads, budget_ms=budget_ms, abstain=abstain)
+        result = await call.classify(images=payloads, budget_ms=budget_ms, abstain=abstain, explain=asks.explain)
     request.scope[LOG_FIELDS] = {"model": result.model, "images": len(result.rows)}
-    return _answer(result, k)
-
-
-def _answer(result: Result, k: int) -> schemas.Classification | schemas.BatchClassification:
-    """One image answers {model, predictions}; several answer {model, results}; auto adds each path,
-    abstention each verdict."""
-    card = result.card
-    verdicts = result.verdicts or [None] * len(result.rows)
-
-    def extra(i: int) -> dict:
-        verdict = verdicts[i]
-        if verdict is None:
-            return {}
-        why = schemas.Abstention(verdict.reason, verdict.confidence, verdict.threshold)
-        return {"abstained": verdict.abstained, "abstention": why}
-
-    def step(answer) -> schemas.CascadeStep:
-        policy = result.policy
-        return schemas.CascadeStep(
-            answer.path, policy.signal, round(answer.confidence, 6), answer.threshold, answer.skipped, policy.calibrated
-        )  # fmt: skip
-
-    if result.answers is None:
-        if len(result.rows) == 1:
-            return schemas.Classification(result.model, schemas.top_k(card, result.rows[0], k), **extra(0))
-        results = [schemas.ImageResult(schemas.top_k(card, r, k), **extra(i)) for i, r in enumerate(result.rows)]
-        return schemas.BatchClassification(result.model, results)
-    answers = result.answers
-    if len(answers) == 1:
-        a = answers[0]
-        return schemas.Classification(a.path[-1], schemas.top_k(card, a.row, k), step(a), **extra(0))
-    results = [
-        schemas.ImageResult(schemas.top_k(card, a.row, k), a.path[-1], step(a), **extra(i)) for i, a in enumerate(answers)
-    ]
-    return schemas.BatchClassification(AUTO, results)
+    return answers.answer(result, k, asks)
 
 
 _DEPTH = Parameter(default=None, ge=1, description="pick the ladder's model of this depth (GET /models lists them)")
@@ -135,6 +102,9 @@ _BUDGET = Parameter(
 _ABSTAIN = Parameter(
     default=None, description="say whether each answer is below its model's calibrated confidence (default: the server's --abstain)"
 )
+_CAM = Parameter(default=False, description="each of the top predictions carries its class activation map (where the model looked)")
+_CAM_PNG = Parameter(default=False, description="each of the top predictions carries its map as a PNG heatmap over the crop the model saw")
+_EMBEDDING = Parameter(default=False, description="each image carries the answering model's L2-normalised embedding")
 _TOP_K = Parameter(
     default=None, ge=1, description="classes to return, 1 to the model's class count (default 5, or all if fewer)"
 )
@@ -153,18 +123,22 @@ async def classify(
     depth: int | None = _DEPTH,
     budget_ms: float | None = _BUDGET,
     abstain: bool | None = _ABSTAIN,
+    cam: bool = _CAM,
+    cam_png: bool = _CAM_PNG,
+    embedding: bool = _EMBEDDING,
 ) -> schemas.Classification | schemas.BatchClassification:
     """Classify the posted image(s) with `model` (the configured default if absent)."""
-    return await _classify(request, model, top_k, depth, budget_ms, abstain)
+    return await _classify(request, model, top_k, depth, budget_ms, abstain, answers.Asks(cam, cam_png, embedding))
 
 
 @post("/models/{name:str}/classify", **_CLASSIFY)
 async def classify_with(
     request: Request, name: str, top_k: int | None = _TOP_K, depth: int | None = _DEPTH,
-    budget_ms: float | None = _BUDGET, abstain: bool | None = _ABSTAIN,
+    budget_ms: float | None = _BUDGET, abstain: bool | None = _ABSTAIN, cam: bool = _CAM, cam_png: bool = _CAM_PNG,
+    embedding: bool = _EMBEDDING,
 ) -> schemas.Classification | schemas.BatchClassification:
     """Classify the posted image(s) with the model in the path."""
-    return await _classify(request, name, top_k, depth, budget_ms, abstain)
+    return await _classify(request, name, top_k, depth, budget_ms, abstain, answers.Asks(cam, cam_png, embedding))
 
 
 @get("/models")
@@ -175,7 +149,7 @@ async def list_models(request: Request) -> schemas.ModelList:
     rules = service.cascade.policy.abstain
     infos = [
         schemas.model_info(m.card, m.providers, name == default, abstain_threshold=_threshold(rules.get(name)),
-                           device_memory_bytes=m.device_memory_bytes)  # fmt: skip
+                           device_memory_bytes=m.device_memory_bytes, explains=m.explains)  # fmt: skip
         for name, m in service.models.items()
     ]
     rungs = [schemas.Rung(r.name, r.depth, r.precision, r.threshold, r.gflops, r.batch_ms) for r in service.rungs()]
@@ -195,7 +169,7 @@ async def describe_model(request: Request, name: str) -> schemas.ModelDetail:
     model, rule = service.models[name], service.cascade.policy.abstain.get(name)
     default = name == service.ladder.default_model
     return schemas.model_info(model.card, model.providers, default, detail=True, abstain_threshold=_threshold(rule),
-                              device_memory_bytes=model.device_memory_bytes)  # fmt: skip
+                              device_memory_bytes=model.device_memory_bytes, explains=model.explains)  # fmt: skip
 
 
 def _threshold(rule) -> float | None:

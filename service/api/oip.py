@@ -25,7 +25,8 @@ from litestar import MediaType, Request, Response, Router, get, post
 from litestar.openapi import ResponseSpec
 
 from service import errors
-from service.api import uploads
+from artifact import CAM_CLASSES_OUTPUT, CAM_OUTPUT, EMBEDDING_OUTPUT
+from service.api import explain, uploads
 from service.api.context import LOG_FIELDS
 from service.api.oip_codec import (
     HEADER_LENGTH, BadRequest, Output, classification, datatype_of, encode_response, parse_request, split_body,
@@ -39,6 +40,9 @@ IMAGE_INPUT = "image"
 OUTPUT = "probabilities"
 PLATFORM = "onnxruntime_onnx"  # Triton's name for an ONNX model run by ONNX Runtime
 EXTENSIONS = ["binary_tensor_data", "classification"]
+# Outputs beside `probabilities` that a model exported with them answers, and what the data plane
+# computes for each (LoadedModel.explains).
+EXPLAINED = {EMBEDDING_OUTPUT: "embedding", CAM_OUTPUT: "cam", CAM_CLASSES_OUTPUT: "cam"}
 _INLINE_HEADER_BYTES = 65536  # a larger JSON header (pixels as JSON) is parsed in the decode pool
 
 
@@ -115,6 +119,13 @@ def _pixels_description(prep) -> str:
     return f"{steps}, /255, normalised by mean {list(prep.mean)} std {list(prep.std)}"
 
 
+_EXTRA_DESCRIPTIONS = {
+    EMBEDDING_OUTPUT: "the pooled features before the classifier, L2-normalised (what similarity search needs)",
+    CAM_OUTPUT: "class activation maps of the top k classes, highest first, at the last block's resolution (raw)",
+    CAM_CLASSES_OUTPUT: "the class index of each map in 'cam'",
+}
+
+
 def _metadata(model: LoadedModel) -> dict:
     card = model.card
     name, dtype, shape = pixel_input(model)
@@ -133,6 +144,10 @@ def _metadata(model: LoadedModel) -> dict:
             {"name": OUTPUT, "datatype": "FP32", "shape": [-1, card.num_classes],
              "parameters": {"description": "softmax probabilities in class-index order; 'classification: k' "
                             "answers the top k as 'probability:index:label'"}},
+            *({"name": extra.name, "datatype": datatype_of(np.dtype(extra.dtype)),
+               "shape": [-1, *(d if isinstance(d, int) else -1 for d in extra.shape[1:])],
+               "parameters": {"description": _EXTRA_DESCRIPTIONS.get(extra.name, "")}}
+              for extra in card.extra_outputs),
         ],
         "parameters": {"class_names": list(card.class_names), "source_sha256": card.source_sha256,
                        "precision": card.precision},
@@ -205,12 +220,13 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
             parsed = await asyncio.get_running_loop().run_in_executor(service.decode_pool, parse_request, header, binary)
         else:
             parsed = parse_request(header, binary)
-        outputs = _requested_outputs(parsed.outputs, parsed.binary_output, call.card.num_classes)
+        outputs = _requested_outputs(parsed.outputs, parsed.binary_output, call.card)
         if len(parsed.inputs) != 1:
             names = ", ".join(repr(t.name) for t in parsed.inputs)
             raise BadRequest(f"send exactly one input, {IMAGE_INPUT!r} or the pixel input; got {names}")
         (tensor,) = parsed.inputs
-        options = {"budget_ms": _budget_ms(parsed.parameters), "abstain": _abstain(parsed.parameters)}
+        explain = frozenset(EXPLAINED[o.name] for o in outputs if o.name in EXPLAINED)
+        options = {"budget_ms": _budget_ms(parsed.parameters), "abstain": _abstain(parsed.parameters), "explain": explain}
         if tensor.name == IMAGE_INPUT:
             result = await call.classify(images=_images(tensor, config.max_images), **options)
         elif call.auto:
@@ -225,7 +241,10 @@ def _response(result, outputs: list[Output], request_id: str | None) -> Response
     probabilities = np.stack(result.rows).astype(np.float32, copy=False)
     tensors = []
     for output in outputs:
-        if output.classification:
+        if output.name in EXPLAINED:  # the answering model's own output, per image
+            values = np.stack([_explained(o, output.name) for o in result.explanations])
+            tensors.append((output.name, datatype_of(values.dtype), list(values.shape), values, output.binary))
+        elif output.classification:
             top = classification(probabilities, output.classification, result.card.class_names)
             tensors.append((OUTPUT, "BYTES", [len(result.rows), output.classification], top, output.binary))
         else:
@@ -262,15 +281,25 @@ def _abstain(parameters: dict) -> bool | None:
     return abstain
 
 
-def _requested_outputs(outputs: list[Output] | None, binary_default: bool, num_classes: int) -> list[Output]:
+def _explained(outputs: dict, name: str) -> np.ndarray:
+    if name == EMBEDDING_OUTPUT:  # L2-normalised, as /classify's embedding=true
+        return np.asarray(explain.embedding(outputs[name]), dtype=np.float32)
+    return outputs[name]
+
+
+def _requested_outputs(outputs: list[Output] | None, binary_default: bool, card) -> list[Output]:
+    num_classes = card.num_classes
     if outputs is None:
         return [Output(OUTPUT, binary_default)]
     if not outputs:
         raise BadRequest("request: 'outputs' is empty; leave it out for every output")
     seen = set()
+    known = [OUTPUT, *EXPLAINED]
     for output in outputs:
-        if output.name != OUTPUT:
-            raise BadRequest(f"unknown output {output.name!r}; the only output is {OUTPUT!r}")
+        if output.name not in known:
+            raise BadRequest(f"unknown output {output.name!r}; the outputs are {', '.join(map(repr, known))}")
+        if output.name in EXPLAINED and output.classification:
+            raise BadRequest(f"output {output.name!r}: 'classification' applies to {OUTPUT!r} only")
         if output.name in seen:
             raise BadRequest(f"output {output.name!r} is requested twice")
         seen.add(output.name)

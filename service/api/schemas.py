@@ -8,11 +8,21 @@ import numpy as np
 from artifact import ModelCard
 
 
-class Prediction(msgspec.Struct):
+class ClassMap(msgspec.Struct):
+    """Where the model saw a class: its activation map at the last block's resolution (cam=true)."""
+
+    size: list[int]  # [h, w]
+    values: str  # base64 of h*w bytes, row-major, 0..255 for the map normalised to [0, 1]
+    located: bool  # False for a 1x1 or flat map: it carries no location
+
+
+class Prediction(msgspec.Struct, omit_defaults=True):
     label: str  # human-readable class name
     class_id: str  # dataset id, e.g. a WordNet id "n01440764"
     class_index: int  # position in the model's logits
     probability: float  # softmax probability, 0..1
+    cam: ClassMap | None = None  # cam=true: for the graph's top k classes (5 by default)
+    cam_png: str | None = None  # cam_png=true: base64 PNG, the map over the crop the model saw
 
 
 class CascadeStep(msgspec.Struct, omit_defaults=True):
@@ -42,6 +52,7 @@ class Classification(msgspec.Struct, omit_defaults=True):
     cascade: CascadeStep | None = None  # model=auto only
     abstained: bool | None = None  # with abstain=true: the answer is below its model's calibrated confidence
     abstention: Abstention | None = None  # with abstain=true: why
+    embedding: list[float] | None = None  # embedding=true: the answering model's L2-normalised pooled features
 
 
 class ImageResult(msgspec.Struct, omit_defaults=True):
@@ -50,6 +61,7 @@ class ImageResult(msgspec.Struct, omit_defaults=True):
     cascade: CascadeStep | None = None  # model=auto only
     abstained: bool | None = None
     abstention: Abstention | None = None
+    embedding: list[float] | None = None
 
 
 class BatchClassification(msgspec.Struct):
@@ -83,6 +95,7 @@ class ModelInfo(msgspec.Struct):
     exported_at: str
     default: bool  # whether requests that name no model get this one
     abstain_threshold: float | None  # calibrated abstention threshold (max softmax); None: uncalibrated
+    explains: list[str]  # what cam= and embedding= can ask of it: "cam", "embedding"; [] for older files
     device_memory_bytes: int | None  # GPU memory its sessions take (loading and warm-up); null on the CPU
 
 
@@ -144,7 +157,7 @@ def top_k(card: ModelCard, probabilities: np.ndarray, k: int) -> list[Prediction
 
 def model_info(
     card: ModelCard, providers, default: bool, detail: bool = False, abstain_threshold: float | None = None,
-    device_memory_bytes: int | None = None,
+    device_memory_bytes: int | None = None, explains: tuple[str, ...] = (),
 ) -> ModelInfo:
     """A model's public description; with detail, its class list too."""
     prep = card.preprocessing
@@ -153,7 +166,7 @@ def model_info(
         input_size=prep.input_size, resize_size=prep.resize_size, mean=prep.mean, std=prep.std,
         interpolation=prep.interpolation, precision=card.precision, providers=list(providers),
         source_sha256=card.source_sha256, val_top1=card.val_top1, val_top5=card.val_top5,
-        exported_at=card.exported_at, default=default, abstain_threshold=abstain_threshold,
+        exported_at=card.exported_at, default=default, abstain_threshold=abstain_threshold, explains=list(explains),
         device_memory_bytes=device_memory_bytes,
     )  # fmt: skip
     if not detail:

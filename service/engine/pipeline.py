@@ -118,6 +118,30 @@ class ModelPipeline:
         finally:
             self.inflight -= len(arrays)
 
+    async def explain(
+        self, payloads: list[bytes] | None = None, arrays: list[np.ndarray] | None = None
+    ) -> tuple[list[np.ndarray], list[dict[str, np.ndarray]]]:
+        """The inputs (image bytes, or the model's own input) and every output of one run for them:
+        probabilities and the graph's explanations (LoadedModel.explain), one dict per image. These
+        run as their own batch on the model's inference thread, so a request that asks for no
+        explanation never pays for one."""
+        count = len(payloads if payloads is not None else arrays)
+        self.check_capacity(count)
+        self.inflight += count
+        try:
+            if payloads is not None:
+                self.decoding += count
+                try:
+                    arrays = await self._decode(payloads)
+                finally:
+                    self.decoding -= count
+                    self.batcher.nudge()
+            loop = asyncio.get_running_loop()
+            outputs = await loop.run_in_executor(self.executor, self.model.explain, np.stack(arrays))
+            return arrays, [{name: value[i] for name, value in outputs.items()} for i in range(count)]
+        finally:
+            self.inflight -= count
+
     def check_capacity(self, count: int) -> None:
         """503 now if `count` more images would pass queue_size; also asked before a body is read."""
         if self.inflight + count > self.config.queue_size:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from artifact import ArtifactError, ModelCard
+from artifact import CAM_OUTPUT, EMBEDDING_OUTPUT, ArtifactError, ModelCard
 from service.engine import cuda, sized
 from service.engine.tensors import ORT_DTYPES
 from service.config import ServeConfig, available_cpus
@@ -67,6 +67,21 @@ class LoadedModel:
             [self.card.output_name], {self.card.input_name: batch.astype(self.input_dtype, copy=False)}
         )
         return _softmax(logits)
+
+    @property
+    def explains(self) -> tuple[str, ...]:
+        """The explanations this file's graph can answer: "cam", "embedding" (none before card format 3)."""
+        return tuple(name for name in (CAM_OUTPUT, EMBEDDING_OUTPUT) if self.card.output(name) is not None)
+
+    def explain(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """One run with every output: probabilities [N, K] and each extra output the graph has (its
+        embedding [N, C], top-k maps [N, k, h, w] and their classes [N, k]). The graph computes them on
+        every run anyway; this run only also copies them out. Uses the session of any batch size."""
+        names = [self.card.output_name, *(extra.name for extra in self.card.extra_outputs)]
+        values = self.session.run(names, {self.card.input_name: batch.astype(self.input_dtype, copy=False)})
+        outputs = dict(zip(names, values))
+        outputs["probabilities"] = _softmax(outputs.pop(self.card.output_name))
+        return outputs
 
     def probabilities_of(self, arrays: list[np.ndarray]) -> np.ndarray:
         """probabilities() of single inputs stacked straight into the sized path's buffer (runner only)."""

@@ -255,3 +255,19 @@ def test_an_answer_below_its_calibrated_confidence_is_marked_not_sure(browser, t
         assert marks["unsure.png"].startswith("Not sure: confidence") and "0.9000" in marks["unsure.png"]
     finally:
         server.stop()
+
+
+def test_the_top_prediction_shows_where_the_model_looked(browser, server):
+    from selenium.webdriver.common.by import By
+
+    open_page(browser, server)
+    choose(browser, "resnet20")  # the CIFAR net keeps an 8x8 map at 32 px
+    browser.find_element(By.ID, "files").send_keys(str(PHOTO))
+    settled(browser, PHOTO.name, "resnet20")
+    heat = browser.execute_script(
+        "const c = [...document.querySelectorAll('.card')].find((c) => c.dataset.name === arguments[0]);"
+        "const h = c.querySelector('.heat'); return {hidden: h.hidden, src: h.querySelector('img').src,"
+        "caption: h.querySelector('figcaption').textContent};", PHOTO.name,
+    )  # fmt: skip
+    assert not heat["hidden"] and heat["src"].startswith("data:image/png;base64,")
+    assert heat["caption"].startswith("where resnet20 saw")

@@ -12,8 +12,16 @@ const hooks = {
     const key = sessionStorage.getItem(KEY_STORAGE);
     return key ? { Authorization: `Bearer ${key}` } : {};
   },
-  // An answer that carries a heatmap: draw it over the card's thumbnail (card.querySelector(".thumb")).
-  showHeatmap(card, answer) {},
+  // Where the model looked: the top prediction's heatmap over the crop it saw, beside the thumbnail.
+  showHeatmap(card, answer) {
+    const heat = card.querySelector(".heat");
+    const top = answer.predictions[0];
+    heat.hidden = !(top && top.cam_png);
+    if (top && top.cam_png) {
+      heat.querySelector("img").src = `data:image/png;base64,${top.cam_png}`;
+      heat.querySelector("figcaption").textContent = `where ${answer.model} saw "${top.label}"`;
+    }
+  },
   // Every answer says whether to trust it (abstain=true): an abstained one is marked, with why.
   showAbstained(card, answer) {
     const note = card.querySelector(".abstained");
@@ -46,6 +54,15 @@ $("#key-use").addEventListener("click", () => {
 
 // --- the choices: every served model by name and depth, and auto -------------------------------
 
+const explains = new Map(); // model name -> what GET /models says it can explain ("cam", "embedding")
+let rungNames = []; // the ladder auto climbs
+
+// A heatmap is asked for only where every model that may answer can draw one (older files cannot).
+function explainsMaps(choice) {
+  const names = choice === AUTO ? rungNames : [choice || modelSelect.value];
+  return names.length > 0 && names.every((name) => (explains.get(name) || []).includes("cam"));
+}
+
 async function loadModels() {
   let response, body;
   try {
@@ -65,6 +82,9 @@ async function loadModels() {
   }
   modelSelect.replaceChildren();
   const rungs = body.ladder || [];
+  explains.clear();
+  for (const model of body.models) explains.set(model.name, model.explains || []);
+  rungNames = rungs.map((rung) => rung.name);
   const ladder = new Set(rungs.map((rung) => rung.name));
   const models = [...body.models].sort((a, b) => a.depth - b.depth || a.name.localeCompare(b.name));
   for (const model of models) {
@@ -158,6 +178,7 @@ async function classify(item) {
   const choice = modelSelect.disabled ? "" : modelSelect.value;
   const params = new URLSearchParams({ abstain: "true" });
   if (choice) params.set("model", choice);
+  if (explainsMaps(choice)) params.set("cam_png", "true");
   if (choice === AUTO && budgetMs() !== null) params.set("budget_ms", String(budgetMs()));
   card.dataset.state = "busy";
   card.querySelector(".model").textContent = "";
