@@ -64,10 +64,12 @@ $(CHECKPOINTS)/resnet152/checkpoint.pt: | install
 # ONNX rules (export): a model present and newer than its checkpoint is reused. resnet-export
 # verifies before it writes and writes atomically (temp file + rename), so a failed or interrupted
 # export leaves no model.onnx behind and make retries it next time.
-$(MODELS)/resnet18/model.onnx: $(CHECKPOINTS)/resnet18/checkpoint.pt | install
+# A model is also re-exported when the graph's explanation outputs (maps, embedding) are newer than
+# it, so default models made before them gain them; cascade.json then follows its models.
+$(MODELS)/resnet18/model.onnx: $(CHECKPOINTS)/resnet18/checkpoint.pt export/explain.py | install
 	$(BIN)/resnet-export $< --out $(MODELS)
 
-$(MODELS)/resnet152/model.onnx: $(CHECKPOINTS)/resnet152/checkpoint.pt | install
+$(MODELS)/resnet152/model.onnx: $(CHECKPOINTS)/resnet152/checkpoint.pt export/explain.py | install
 	$(BIN)/resnet-export $< --out $(MODELS)
 
 models: $(MODELS)/resnet18/model.onnx $(MODELS)/resnet152/model.onnx
@@ -136,7 +138,7 @@ imagenet-models: $(IMAGENET_MODELS)/resnet18/model.onnx $(IMAGENET_MODELS)/resne
 $(IMAGENET_CHECKPOINTS)/%/checkpoint.pt: | install
 	$(BIN)/resnet-train import-torchvision $* --weights $(patsubst $*:%,%,$(filter $*:%,$(IMAGENET_WEIGHTS))) --out $(@D)
 
-$(IMAGENET_MODELS)/%/model.onnx: $(IMAGENET_CHECKPOINTS)/%/checkpoint.pt | install
+$(IMAGENET_MODELS)/%/model.onnx: $(IMAGENET_CHECKPOINTS)/%/checkpoint.pt export/explain.py | install
 	$(BIN)/resnet-export $< --out $(IMAGENET_MODELS)
 
 $(IMAGENET_MODELS)/cascade.json: $(IMAGENET_MODELS)/resnet18/model.onnx $(IMAGENET_MODELS)/resnet152/model.onnx

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from artifact import INPUT_DTYPES, PRECISIONS
 
-MIN_OPSET = 18  # issue 3: opset >= 18 (the dynamo exporter's floor; ReduceMean takes axes as input)
-PARITY_BATCHES = (1, 2, 7)  # issue 3: fp32 parity at these batch sizes, 7 to catch odd-size bugs
+MIN_OPSET = 18  # opset >= 18 (the dynamo exporter's floor; ReduceMean takes axes as input)
+PARITY_BATCHES = (1, 2, 7)  # fp32 parity at these batch sizes, 7 to catch odd-size bugs
 PARITY_TOLERANCE = 1e-3  # fp32 max |ORT - torch| allowed, as a fraction of max |logit|
 FP16_MIN_AGREEMENT = 99.0  # percent of validation images whose fp16 top-1 equals fp32's
 INT8_MAX_TOP1_DROP = 1.5  # accuracy points int8 may lose against fp32 on validation images
@@ -47,7 +47,7 @@ class ExportConfig:
     batch_size: int = 32  # images per ONNX Runtime call while calibrating and judging
     progress: bool = True  # print the slow steps on stderr
     input: str = "uint8"  # the graph's input: "uint8" RGB pixels [batch, S, S, 3] normalised in the
-    # graph (issue 16), or "float32" [batch, 3, S, S] normalised by the caller, as before issue 16
+    # graph, or "float32" [batch, 3, S, S] normalised by the caller (format-1 cards)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "checkpoint", Path(self.checkpoint))

@@ -105,7 +105,7 @@ def run(config: ExportConfig) -> Path:
 
 
 def _input(trained: Preprocessing, input_dtype: str) -> Preprocessing:
-    """The checkpoint's recipe with the graph input the export makes: uint8 NHWC pixels (issue 16),
+    """The checkpoint's recipe with the graph input the export makes: uint8 NHWC pixels,
     the layout a decoded image already has, or the pre-issue-16 float32 NCHW normalised tensor."""
     return replace(trained, input_dtype=input_dtype, layout="NHWC" if input_dtype == "uint8" else "NCHW")
 

@@ -1,6 +1,6 @@
 """Torch network -> ONNX graph with a dynamic batch, and the model card written into it.
 
-Since issue 16 the graph takes what the service has after the crop, uint8 RGB pixels, and does
+The graph takes what the service has after the crop, uint8 RGB pixels, and does
 ToTensor and Normalize itself (`PixelInput`): the service then does no float work per pixel, and a
 GPU receives a quarter of the bytes.
 
@@ -26,7 +26,7 @@ from artifact import PREFIX, ModelCard, Preprocessing
 
 INPUT_NAME = "input"  # artifact.ModelCard's default input_name
 OUTPUT_NAME = "logits"  # artifact.ModelCard's default output_name
-TRACE_BATCH = 2  # issue 3: a batch-1 example lets the exporter specialise the batch to 1
+TRACE_BATCH = 2  # a batch-1 example lets the exporter specialise the batch to 1
 MAX_BATCH = 4096  # upper bound torch.export needs for the symbolic batch; far above any server batch
 # ONNX files are protobufs: one message cannot exceed 2 GiB, so anything larger needs a side
 # `.data` file, which the issue rules out (resnet152 fp32 is about 241 MB).

@@ -3,7 +3,7 @@
 The images come from the checkpoint's own dataset (its recorded `dataset` dict, rebuilt by
 training.data) and go through the service's own artifact.preprocess.to_input with the model's
 Preprocessing: resize the shorter side, center crop, and for a float32 model normalise; for a uint8
-model (issue 16) the cropped pixels themselves, so calibration and judging see what the service sends.
+model the cropped pixels themselves, so calibration and judging see what the service sends.
 """
 
 from __future__ import annotations

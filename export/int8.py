@@ -1,6 +1,6 @@
 """fp32 ONNX graph -> int8 by ONNX Runtime static quantization (QDQ, per-channel weights).
 
-Activation ranges come from running calibration images (training images, issue 3) through the
+Activation ranges come from running calibration images (training images) through the
 fp32 graph with MinMax calibration. Weights are signed int8 per output channel, activations
 unsigned int8 ("U8S8"), the format ONNX Runtime's docs recommend for x86-64; with AVX-512 VNNI the
 u8 x s8 products cannot saturate, so reduce_range is not needed (on older AVX2-only CPUs it would be).
@@ -33,7 +33,7 @@ class _Batches(CalibrationDataReader):
 def to_int8(proto: onnx.ModelProto, input_name: str, calibration: Iterable[np.ndarray],
             exclude: Iterable[str] = ()) -> onnx.ModelProto:
     """Quantize statically with activation ranges from `calibration` (batches of the graph's input:
-    uint8 pixels since issue 16, which the graph's own Cast and normalisation turn into the first
+    uint8 pixels (format-2 cards and later), which the graph's own Cast and normalisation turn into the first
     convolution's float input, so the ranges are those of what the service sends). Nodes named in
     `exclude` stay in float32."""
     with tempfile.TemporaryDirectory(prefix="resnet-export-int8-") as tmp:

@@ -1,4 +1,4 @@
-"""Proof that an exported graph computes what the checkpoint computes (issue 3, "Verification").
+"""Proof that an exported graph computes what the checkpoint computes (docs/export.md, Verification).
 
 fp32 is held to numerical parity with PyTorch on the same images at several batch sizes; fp16 and
 int8 cannot be (they round on purpose), so they are judged by their top-1 predictions against the
