@@ -29,8 +29,6 @@ def folder() -> Path:
     return path
 
 
-
-
 def path(name: str) -> Path:
     """One photo's file; `name` is one of PHOTOS."""
     if name not in PHOTOS:
