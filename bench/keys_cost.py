@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from bench.load import Connection, process_cpu_seconds
 from bench.servers import start_service
 from service import trace
-from service.api import keys as service_keys
+from service.gate import keys as service_keys
 
 KEY = "bench-0123456789abcdef0123456789abcdef"
 

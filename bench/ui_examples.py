@@ -1,8 +1,8 @@
-"""The example images of the page at `/` (service/api/static/examples/): two of the synthetic set the
+"""The example images of the page at `/` (service/web/static/examples/): two of the synthetic set the
 default models are trained on, and two real photos from scikit-image's wheel, both CC0 by their
 photographers (Stefan van der Walt's cat, Rachel Michetti's coffee cup; skimage.data's docstrings).
 
-    python -m bench.ui_examples service/api/static/examples
+    python -m bench.ui_examples service/web/static/examples
 """
 
 from __future__ import annotations

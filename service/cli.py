@@ -25,7 +25,7 @@ import cliconfig
 from service import logs, trace
 from service.depth import cascade_file, ladder as ladders
 from service.api.app import create_app
-from service.api.keys import KeysFileError
+from service.gate.keys import KeysFileError
 from service.config import ConfigError, parse
 from service.engine.runtime import ModelLoadError, load_models
 from service.api.server import DrainingServer, uvicorn_config

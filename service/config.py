@@ -124,7 +124,7 @@ class ServeConfig:
         (), "origins whose pages may call the API from a browser, comma-separated (https://app.example.com), "
         "or *; empty = none (CORS off)", sep=",",
     )  # fmt: skip
-    # Who may call (service/api/keys.py, service/api/access.py, docs/serving.md#api-keys): off by default.
+    # Who may call (service/gate/keys.py, service/gate/access.py, docs/serving.md#api-keys): off by default.
     api_keys_file: str = _opt(
         "", "file of NAME KEY lines; with it, /models, classify and /v2 model routes need Authorization: Bearer KEY; "
         "empty = no keys"

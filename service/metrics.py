@@ -116,7 +116,7 @@ class Metrics:
         self.cascade_confidence = Histogram(
             "resnet_cascade_confidence", "model=auto confidence signal per image, by rung.", ("model",), CONFIDENCE
         )
-        # service/api/access.py: by key name ("-": no or an unknown key; "anonymous": keys are off).
+        # service/gate/access.py: by key name ("-": no or an unknown key; "anonymous": keys are off).
         self.api_requests = Counter(
             "resnet_api_requests_total", "Requests to keyed routes, by key name and outcome "
             "(admitted, unauthorized, rate_limited).", ("key", "outcome"),

@@ -4,7 +4,7 @@
     POST /classify?depth=152   POST /classify?model=auto&budget_ms=200   (docs/cascade.md)
     GET  /models   GET /models/{name}   GET /health/live   GET /health/ready   GET /metrics
     GET  /schema   (OpenAPI, Litestar's default)
-    GET  /         the page that classifies images in a browser (service/api/page.py; off with --no-ui)
+    GET  /         the page that classifies images in a browser (service/web/page.py; off with --no-ui)
     /v2/...        the Open Inference Protocol v2 (service/api/oip.py, docs/oip.md)
 
 The lifespan creates the Service (pipelines, ladder, cascade, pools) and releases it in its `finally`;
@@ -25,7 +25,9 @@ from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.params import Parameter
 
 from service import errors, metrics, trace
-from service.api import access, answers, cors, oip, page, schemas, server, uploads
+from service.api import answers, oip, schemas, server, uploads
+from service.gate import access
+from service.web import cors, page
 from service.api.context import LOG_FIELDS, REQUEST_ID, RequestContext
 from service.api.openapi import ClassifyOperation
 from service.config import ServeConfig
@@ -249,7 +251,7 @@ def create_app(
     cascade policy default to ladder.build and cascade_file.read (LadderError, CascadeFileError)."""
     ladder = ladder or ladders.build(models, config.ladder, config.default_model)
     policy = policy or cascade_file.read(config.models, ladder, models)
-    gate = access.Gate.from_config(config)  # keys and limits (service/api/access.py); raises KeysFileError
+    gate = access.Gate.from_config(config)  # keys and limits (service/gate/access.py); raises KeysFileError
 
     @asynccontextmanager
     async def lifespan(app: Litestar):

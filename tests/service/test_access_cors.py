@@ -1,4 +1,4 @@
-"""The key and limit refusals (service/api/access.py) take the app's one error path, so Litestar's CORS
+"""The key and limit refusals (service/gate/access.py) take the app's one error path, so Litestar's CORS
 middleware, outermost, puts its headers on them: a browser client on an allowed origin reads the
 real 401 or 429, and a preflight passes without a key. In-process, on a small Litestar app with the
 service's error handler and a CORSConfig (the service's own CORS settings live in app.py)."""
@@ -11,7 +11,8 @@ from litestar.middleware import DefineMiddleware
 from litestar.testing import TestClient
 
 from service import trace
-from service.api import access, app as service_app, keys, limits
+from service.api import app as service_app
+from service.gate import access, keys, limits
 
 KEY = "alice-0123456789abcdef0123456789abcdef"
 ORIGIN = {"Origin": "https://app.example"}

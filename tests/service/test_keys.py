@@ -14,7 +14,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from service.api.keys import KeysFileError, parse
+from service.gate.keys import KeysFileError, parse
 
 from .conftest import _resnet_serve, encode, photo, start_server
 

@@ -14,7 +14,7 @@ import httpx
 from litestar.testing import TestClient
 
 from bench import browser as chromium, photos
-from service.api import page
+from service.web import page
 from service.api.app import create_app
 from service.config import ServeConfig
 from service.engine.runtime import load_models
@@ -197,8 +197,8 @@ def test_no_ui_turns_the_page_off(models_dir):
 def test_every_file_of_the_page_ships_as_package_data():
     """The container images install the project non-editable: a file not in package-data is not served there."""
     root = Path(__file__).resolve().parents[2]
-    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["service.api"]
-    package = root / "service" / "api"
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["service.web"]
+    package = root / "service" / "web"
     shipped = {path for pattern in globs for path in package.glob(pattern) if path.is_file()}
     assert shipped == {path for path in (package / "static").rglob("*") if path.is_file()}
     assert set(page.static_files()) == {str(path.relative_to(package / "static")) for path in shipped}

@@ -1,8 +1,8 @@
 """The page at `/`: a person drops, picks, pastes or clicks images and sees the top-5 of any served
 model or of `auto`, in a browser, with nothing to install.
 
-    GET /                        the page (service/api/static/index.html)
-    GET /ui/{file}               its script, styles and example images (service/api/static/)
+    GET /                        the page (service/web/static/index.html)
+    GET /ui/{file}               its script, styles and example images (service/web/static/)
 
 The page calls only the public API (`GET /models`, `POST /classify` with the raw image as the body),
 so it cannot drift from what a client sees. Its files are package data, read into memory when the
@@ -38,8 +38,8 @@ MEDIA_TYPES = {  # Litestar adds "; charset=utf-8" to text types
 
 
 def static_files(root: Traversable | None = None) -> dict[str, tuple[bytes, str]]:
-    """Every file under service/api/static/ (or `root`), by its path there: (content, media type)."""
-    root = root or files("service.api") / "static"
+    """Every file under service/web/static/ (or `root`), by its path there: (content, media type)."""
+    root = root or files("service.web") / "static"
     found: dict[str, tuple[bytes, str]] = {}
 
     def walk(folder: Traversable, prefix: str) -> None:

@@ -1,4 +1,4 @@
-"""Who may call which route: API keys (service/api/keys.py) and per-caller limits (service/api/limits.py),
+"""Who may call which route: API keys (service/gate/keys.py) and per-caller limits (service/gate/limits.py),
 checked from the request's headers before its body is read.
 
 With a keys file, every route needs `Authorization: Bearer KEY` except these, which stay open:
@@ -19,10 +19,10 @@ import logging
 from service import logs
 from service.config import ServeConfig
 from service.errors import RateLimited, ServiceError, Unauthorized
-from service.api.keys import KeysFile
-from service.api.limits import Limiter
+from service.gate.keys import KeysFile
+from service.gate.limits import Limiter
 
-log = logging.getLogger("service.api.access")
+log = logging.getLogger("service.gate.access")
 
 OPEN_PATHS = frozenset({"/", "/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready"})
 OPEN_PREFIXES = ("/schema", "/ui/")  # the page's own files: it asks for a key itself

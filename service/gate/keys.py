@@ -30,7 +30,7 @@ from pathlib import Path
 
 from service.config import ConfigError
 
-log = logging.getLogger("service.api.keys")
+log = logging.getLogger("service.gate.keys")
 
 POLL_S = 1.0  # how often the file is looked at: a change takes effect within about this
 # A name shows up in logs and as a Prometheus label value: keep it plain.
