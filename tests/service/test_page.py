@@ -107,6 +107,7 @@ def test_a_photo_is_answered_by_each_model_and_by_auto_as_classify_answers_it(br
     open_page(browser, server)
     options = browser.execute_script("return [...document.querySelectorAll('#model option')].map((o) => o.value)")
     assert options == ["resnet18", "resnet20", "auto"]
+    assert not browser.find_element(By.ID, "key-box").is_displayed()  # no keys: no key field
     assert browser.find_element(By.ID, "budget-box").get_attribute("hidden") is not None
     browser.find_element(By.ID, "files").send_keys(str(PHOTO))
     data = PHOTO.read_bytes()

@@ -16,8 +16,9 @@ const hooks = {
   showHeatmap(card, answer) {
     const heat = card.querySelector(".heat");
     const top = answer.predictions[0];
-    heat.hidden = !(top && top.cam_png);
-    if (top && top.cam_png) {
+    const located = top && top.cam_png && top.cam && top.cam.located; // a 1x1 map shows no place
+    heat.hidden = !located;
+    if (located) {
       heat.querySelector("img").src = `data:image/png;base64,${top.cam_png}`;
       heat.querySelector("figcaption").textContent = `where ${answer.model} saw "${top.label}"`;
     }
@@ -178,7 +179,10 @@ async function classify(item) {
   const choice = modelSelect.disabled ? "" : modelSelect.value;
   const params = new URLSearchParams({ abstain: "true" });
   if (choice) params.set("model", choice);
-  if (explainsMaps(choice)) params.set("cam_png", "true");
+  if (explainsMaps(choice)) {
+    params.set("cam", "true");
+    params.set("cam_png", "true");
+  }
   if (choice === AUTO && budgetMs() !== null) params.set("budget_ms", String(budgetMs()));
   card.dataset.state = "busy";
   card.querySelector(".model").textContent = "";
