@@ -28,7 +28,9 @@ from PIL import Image, ImageOps
 
 from artifact import ModelCard
 
-from bench import browser as chromium, photos
+from bench import photos
+
+from bench.page import browser as chromium
 
 IMAGES = photos.folder()  # real photos from scikit-image's wheel, never from outside the repository
 PHOTOS = photos.PHOTOS

@@ -13,7 +13,9 @@ from pathlib import Path
 import httpx
 from litestar.testing import TestClient
 
-from bench import browser as chromium, photos
+from bench import photos
+
+from bench.page import browser as chromium
 from service.web import page
 from service.api.app import create_app
 from service.config import ServeConfig

@@ -1,5 +1,5 @@
 """A headless Chromium for the page's browser tests (tests/service/test_page.py, test_cors.py) and its
-screenshot (bench/ui_screenshot.py): Debian's `chromium` and `chromium-driver` packages (`make browser`
+screenshot (bench/page/screenshot.py): Debian's `chromium` and `chromium-driver` packages (`make browser`
 installs them where it may), driven by Selenium.
 
 Both paths are given to Selenium, so its Selenium Manager never runs and nothing is downloaded; the

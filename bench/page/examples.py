@@ -2,7 +2,7 @@
 default models are trained on, and two real photos from scikit-image's wheel, both CC0 by their
 photographers (Stefan van der Walt's cat, Rachel Michetti's coffee cup; skimage.data's docstrings).
 
-    python -m bench.ui_examples service/web/static/examples
+    python -m bench.page.examples service/web/static/examples
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def _encode(image: Image.Image, format: str, **options) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.ui_examples", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.page.examples", description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="folder to write the example images into")
     out = parser.parse_args(argv).out
     out.mkdir(parents=True, exist_ok=True)

@@ -17,9 +17,9 @@ Each round makes `runs` passes; a pass calls every case once, in a shuffled orde
 each case's median time over the rounds' medians, and its ratio to `plain` (median over rounds, with
 the lowest and highest round's ratio as the spread).
 
-    python -m bench.explain_cost --out results/explain-cost.json              # 10 min on a 2-core box at load 2-5
-    python -m bench.explain_cost --archs resnet18 --rounds 3 --out /tmp/x.json
-    python -m bench.explain_cost --profile --out results/explain-profile.json  # per-node kernel time
+    python -m bench.studies.explain_cost --out results/explain-cost.json              # 10 min on a 2-core box at load 2-5
+    python -m bench.studies.explain_cost --archs resnet18 --rounds 3 --out /tmp/x.json
+    python -m bench.studies.explain_cost --profile --out results/explain-profile.json  # per-node kernel time
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ def _optimised_difference(protos: dict) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.explain_cost", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.studies.explain_cost", description=__doc__.split("\n\n")[0])
     p.add_argument("--archs", nargs="+", default=["resnet18", "resnet152"])
     p.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of every case")

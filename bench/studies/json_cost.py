@@ -9,7 +9,7 @@ Two measurements on the bench's JPEG payloads (bench/payloads.py: a 500x375 phot
 
 Each figure is the median with the 10th and 90th percentiles of `--repeats` runs.
 
-    python -m bench.json_cost --models models --out results/json-cost
+    python -m bench.studies.json_cost --models models --out results/json-cost
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def request_cost(url: str, image: bytes, repeats: int) -> dict[str, dict[str, fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.json_cost", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.studies.json_cost", description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, required=True, help="models folder resnet-serve serves")
     parser.add_argument("--default-model", default="", help="the model the requests go to (default: the shallowest)")
     parser.add_argument("--out", type=Path, default=Path("results/json-cost"))

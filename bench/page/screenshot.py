@@ -1,7 +1,7 @@
 """docs/page.png: the page at `/` answering a real photo, taken with the headless Chromium of the
-browser tests (bench/browser.py) from a real resnet-serve on `--models`.
+browser tests (bench/page/browser.py) from a real resnet-serve on `--models`.
 
-    python -m bench.ui_screenshot --models models --out docs/page.png
+    python -m bench.page.screenshot --models models --out docs/page.png
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from artifact import write_atomically
-from bench import browser, photos, servers
+from bench import photos, servers
+from bench.page import browser
 
 PHOTO = "rocket.jpg"  # the real photo the page answers (scikit-image's, public domain by SpaceX), with model=auto
 EXAMPLE = "ring.png"  # and one of the page's own examples, from the synthetic set
@@ -21,7 +22,7 @@ WIDTH = 1100
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.ui_screenshot", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.page.screenshot", description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, required=True, help="models folder resnet-serve serves")
     parser.add_argument("--model", default="auto", help="the page's model choice (default: auto)")
     parser.add_argument("--out", type=Path, default=Path("docs/page.png"))

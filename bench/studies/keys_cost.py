@@ -10,7 +10,7 @@ and spread (min-max), and the microseconds of the per-request work itself (key c
 On a shared box the CPU per request is the steadier of the two: other processes take the service's
 cores, not its instructions.
 
-    python -m bench.keys_cost --models models --payload a.jpg --rounds 5 --duration-s 8
+    python -m bench.studies.keys_cost --models models --payload a.jpg --rounds 5 --duration-s 8
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def per_request_us() -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.keys_cost", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.studies.keys_cost", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=Path, required=True, help="folder written by resnet-export")
     parser.add_argument("--model", default="resnet18", help="the model classified")
     parser.add_argument("--payload", type=Path, action="append", required=True, help="JPEG posted (repeatable)")
