@@ -88,7 +88,8 @@ def picture(examples: list, path: Path) -> None:
     tiles = []
     for crop, raw, box, offset, hit in examples:
         heat = explain.heatmap(raw)
-        tile = explain.overlay(heat, Image.fromarray(crop), None, max_side=128).convert("RGB")
+        big = Image.fromarray(crop).resize((128, 128), Image.Resampling.NEAREST)  # 32 px is too small to see
+        tile = explain.overlay(heat, big, None, max_side=128).convert("RGB")
         scale = tile.size[0] / crop.shape[1]
         x0, y0, x1, y1 = ((v - offset) * scale for v in box)
         colour = (255, 255, 255) if hit else (255, 0, 0)  # white: the peak fell inside the box
