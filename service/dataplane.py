@@ -165,13 +165,13 @@ class Call:
         images: list[bytes] | None = None,
         pixels: list[np.ndarray] | None = None,
         budget_ms: float | None = None,
-        abstain: bool | None = None,
+        abstain: bool = False,
         explain: frozenset[str] = frozenset(),
     ) -> Result:
         """Probabilities for the images (file bytes) or the pixels (the model's own input, per image).
 
         `budget_ms` bends the cascade's depth; for a named model it is the request's deadline.
-        `abstain` (None: the server's setting) adds each image's verdict from its answering model.
+        `abstain` (always on with the server's setting) adds each image's verdict from its answering model.
         `explain` ("cam", "embedding") adds each image's explanations from its answering model."""
         if explain:
             self._check_explains(explain)
@@ -181,7 +181,7 @@ class Call:
             result = await self._classify(images, pixels, budget_ms)
             if explain:  # the cascade's answering rungs, again, for these images only
                 await self._explain_answers(result, images)
-        if abstain if abstain is not None else self.service.config.abstain:
+        if abstain or self.service.config.abstain:
             rules = self.service.cascade.policy.abstain
             result.verdicts = [abstention.judge(row, rules.get(name)) for row, name in zip(result.rows, result.answered_by)]
         return result

@@ -66,7 +66,7 @@ def _service(request: Request) -> Service:
 
 async def _classify(
     request: Request, model: str | None, k: int | None, depth: int | None, budget_ms: float | None,
-    abstain: bool | None, asks: answers.Asks,
+    abstain: bool, asks: answers.Asks,
 ) -> schemas.Classification | schemas.BatchClassification:
     """Parse the body, classify through the data plane, encode the answer."""
     service = _service(request)
@@ -102,7 +102,7 @@ _BUDGET = Parameter(
     default=None, gt=0, description="latency budget, ms: a named model's deadline; model=auto escalates only within it"
 )
 _ABSTAIN = Parameter(
-    default=None, description="say whether each answer is below its model's calibrated confidence (default: the server's --abstain)"
+    default=False, description="say whether each answer is below its model's calibrated confidence (always with --abstain)"
 )
 _CAM = Parameter(default=False, description="each of the top predictions carries its class activation map (where the model looked)")
 _CAM_PNG = Parameter(default=False, description="each of the top predictions carries its map as a PNG heatmap over the crop the model saw")
@@ -124,7 +124,7 @@ async def classify(
     top_k: int | None = _TOP_K,
     depth: int | None = _DEPTH,
     budget_ms: float | None = _BUDGET,
-    abstain: bool | None = _ABSTAIN,
+    abstain: bool = _ABSTAIN,
     cam: bool = _CAM,
     cam_png: bool = _CAM_PNG,
     embedding: bool = _EMBEDDING,
@@ -136,7 +136,7 @@ async def classify(
 @post("/models/{name:str}/classify", **_CLASSIFY)
 async def classify_with(
     request: Request, name: str, top_k: int | None = _TOP_K, depth: int | None = _DEPTH,
-    budget_ms: float | None = _BUDGET, abstain: bool | None = _ABSTAIN, cam: bool = _CAM, cam_png: bool = _CAM_PNG,
+    budget_ms: float | None = _BUDGET, abstain: bool = _ABSTAIN, cam: bool = _CAM, cam_png: bool = _CAM_PNG,
     embedding: bool = _EMBEDDING,
 ) -> schemas.Classification | schemas.BatchClassification:
     """Classify the posted image(s) with the model in the path."""

@@ -273,10 +273,10 @@ def _budget_ms(parameters: dict) -> float | None:
     return float(budget_ms)
 
 
-def _abstain(parameters: dict) -> bool | None:
-    """The request parameter `abstain`, as /classify's query parameter (None: the server's setting)."""
-    abstain = parameters.get("abstain")
-    if abstain is not None and not isinstance(abstain, bool):
+def _abstain(parameters: dict) -> bool:
+    """The request parameter `abstain`, as /classify's query parameter (always on with --abstain)."""
+    abstain = parameters.get("abstain", False)
+    if not isinstance(abstain, bool):
         raise BadRequest(f"parameter 'abstain' must be true or false, got {abstain!r}")
     return abstain
 

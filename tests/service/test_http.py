@@ -106,7 +106,7 @@ def test_models_are_described(server, references):
         assert list(info) == [
             "name", "arch", "depth", "num_classes", "input_size", "resize_size", "mean", "std", "interpolation",
             "precision", "providers", "source_sha256", "val_top1", "val_top5", "exported_at", "default", "abstain_threshold",
-            "device_memory_bytes",
+            "explains", "device_memory_bytes",
         ]  # fmt: skip
         assert (info["arch"], info["depth"], info["num_classes"]) == (card.arch, card.depth, card.num_classes)
         assert (info["input_size"], info["precision"], info["source_sha256"]) == (

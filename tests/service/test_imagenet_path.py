@@ -198,7 +198,7 @@ def test_make_serve_imagenet_with_val_calibrates_with_resnet_calibrate_on_the_va
     # make's recipe runs the user's command as a subprocess, on the models the first run built
     assert f"resnet-calibrate --models {models} --data {imagenet['data']}\n" in log
     assert "import-torchvision" not in log and "resnet-export" not in log
-    assert "| auto (" in log and f"wrote {models / 'cascade.json'} and {models / 'cascade.png'}" in log
+    assert "| auto (" in log and f"wrote {models / 'cascade.json'}, {models / 'cascade.png'} and " in log
     data = json.loads((models / "cascade.json").read_text())
     images = len(VAL_CLASSES) * CROPS_PER_CLASS
     assert data["ladder"] == ["resnet18", "resnet152"] and len(data["thresholds"]) == 1

@@ -58,8 +58,12 @@ def test_model_metadata_describes_the_session_input_and_works_with_every_listed_
             assert metadata["name"] == name and metadata["versions"] == ["1"]
             inputs = {i["name"]: (i["datatype"], i["shape"]) for i in metadata["inputs"]}
             assert inputs == {"image": ("BYTES", [-1]), node.name: pixels}  # as the session says
+            card = ref.card
             assert [(o["name"], o["datatype"], o["shape"]) for o in metadata["outputs"]] == [
-                ("probabilities", "FP32", [-1, ref.card.num_classes])
+                ("probabilities", "FP32", [-1, card.num_classes]),  # then what the graph explains with
+                ("embedding", "FP32", [-1, card.embedding_size]),
+                ("cam", "FP32", [-1, -1, *card.cam_size]),  # k maps: the caller may choose k
+                ("cam_classes", "INT64", [-1, -1]),
             ]
             assert client.is_model_ready(name, version)
 
