@@ -83,7 +83,6 @@ class Call:
         self.images = 0
         self._asked = (model, depth)
         self._ticket: admission.Ticket | None = None
-        self._timeout = asyncio.timeout_at(self.deadline)
 
     async def __aenter__(self) -> Call:
         self._timeout = asyncio.timeout_at(self.deadline)
@@ -173,12 +172,15 @@ class Call:
         `budget_ms` bends the cascade's depth; for a named model it is the request's deadline.
         `abstain` (always on with the server's setting) adds each image's verdict from its answering model.
         `explain` ("cam", "embedding") adds each image's explanations from its answering model."""
+        self.images = len(images if images is not None else pixels)
+        if budget_ms is not None:
+            self.budget_ms, self.budget_deadline = budget_ms, self.started + budget_ms / 1000.0
         if explain:
             self._check_explains(explain)
         if explain and not self.auto:
-            result = await self._explained(images, pixels, budget_ms)
+            result = await self._explained(images, pixels)
         else:
-            result = await self._classify(images, pixels, budget_ms)
+            result = await self._classify(images, pixels)
             if explain:  # the cascade's answering rungs, again, for these images only
                 await self._explain_answers(result, images)
         if abstain or self.service.config.abstain:
@@ -196,11 +198,8 @@ class Call:
                     "outputs (re-export it with this version of resnet-export)", parameter=missing[0],
                 )  # fmt: skip
 
-    async def _explained(self, images, pixels, budget_ms) -> Result:
+    async def _explained(self, images, pixels) -> Result:
         """A named model's answer and explanations from one run of their own."""
-        self.images = len(images if images is not None else pixels)
-        if budget_ms is not None:
-            self.budget_ms, self.budget_deadline = budget_ms, self.started + budget_ms / 1000.0
         async with asyncio.timeout_at(min(self.deadline, self.budget_deadline or self.deadline)):
             inputs, outputs = await self.pipeline.explain(payloads=images, arrays=pixels)
         rows = [output.pop("probabilities") for output in outputs]
@@ -216,11 +215,8 @@ class Call:
                 output.pop("probabilities")
                 result.explanations[i], result.inputs[i] = output, array
 
-    async def _classify(self, images, pixels, budget_ms) -> Result:
-        if budget_ms is not None:
-            self.budget_ms = budget_ms
-            self.budget_deadline = self.started + budget_ms / 1000.0
-        self.images = len(images if images is not None else pixels)
+    async def _classify(self, images, pixels) -> Result:
+        """A named model's answer through its batcher, or the cascade's for AUTO."""
         if self.auto:
             if images is None:
                 raise errors.InvalidParameter(f"model {AUTO!r} takes image files only", parameter="model")
