@@ -97,14 +97,8 @@ class ModelPipeline:
         count = len(payloads)
         self.check_capacity(count)
         self.inflight += count
-        self.decoding += count
         try:
-            try:
-                arrays = await self._decode(payloads)
-            finally:
-                self.decoding -= count
-                self.batcher.nudge()  # a batch waiting for these images may go now, or without them
-            return await self.batcher.submit(arrays, deadline)
+            return await self.batcher.submit(await self._decode_admitted(payloads), deadline)
         finally:
             self.inflight -= count
 
@@ -130,17 +124,21 @@ class ModelPipeline:
         self.inflight += count
         try:
             if payloads is not None:
-                self.decoding += count
-                try:
-                    arrays = await self._decode(payloads)
-                finally:
-                    self.decoding -= count
-                    self.batcher.nudge()
+                arrays = await self._decode_admitted(payloads)
             loop = asyncio.get_running_loop()
             outputs = await loop.run_in_executor(self.executor, self.model.explain, np.stack(arrays))
             return arrays, [{name: value[i] for name, value in outputs.items()} for i in range(count)]
         finally:
             self.inflight -= count
+
+    async def _decode_admitted(self, payloads: list[bytes]) -> list[np.ndarray]:
+        """_decode for admitted images, counted as decoding so the batcher knows they are coming."""
+        self.decoding += len(payloads)
+        try:
+            return await self._decode(payloads)
+        finally:
+            self.decoding -= len(payloads)
+            self.batcher.nudge()  # a batch waiting for these images may go now, or without them
 
     def check_capacity(self, count: int) -> None:
         """503 now if `count` more images would pass queue_size; also asked before a body is read."""
