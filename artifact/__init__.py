@@ -24,6 +24,7 @@ from artifact.card import (
     ExtraOutput,
     ModelCard,
     Preprocessing,
+    cam_k_default,
     depth_of,
 )
 from artifact.files import git_commit, write_atomically

@@ -50,6 +50,11 @@ class ArtifactError(ValueError):
     """A checkpoint or model file does not follow this contract; the message names the problem."""
 
 
+def cam_k_default(classes: int) -> int:
+    """The cam_k a graph holds as its default: CAM_K_DEFAULT, or every class if there are fewer."""
+    return min(CAM_K_DEFAULT, classes)
+
+
 def depth_of(arch: str) -> int:
     """The layer count in an architecture name: 'resnet152' -> 152, 'plain20' -> 20."""
     match = re.fullmatch(r"(?:resnet|plain)(\d+)", arch)
@@ -205,6 +210,11 @@ class ModelCard:
         """Width of the pooled embedding (512 for resnet18, 2048 for resnet152); None without one."""
         out = self.output(EMBEDDING_OUTPUT)
         return out.shape[1] if out is not None else None
+
+    @property
+    def cam_k(self) -> int | None:
+        """How many classes' maps CAM_OUTPUT holds when cam_k is not fed; None without maps."""
+        return cam_k_default(self.num_classes) if self.output(CAM_OUTPUT) is not None else None
 
     @property
     def cam_size(self) -> tuple[int, int] | None:

@@ -93,11 +93,13 @@ def run(config: BenchConfig, command: str = "resnet-bench") -> dict:
                              "weights": manifest.get(model.name, {}).get("weights", "as exported"),
                              "int8_gate": manifest.get(model.name, {}).get("judgement"), "input_name": card.input_name}
         decode_ms[model.name] = {kind: raw.decode_ms(files[kind], card.preprocessing, serving.max_pixels)
-                                 for kind in config.payloads if kind != "pixels"}
-        if "pixels" in config.payloads:  # preprocessed here, so the service decodes nothing
-            pixels[model.name] = payload_files.pixels(out / "payloads", files[payload_files.PIXELS_FROM], model.name,
-                                                      card.preprocessing, model.input_dtype, serving.max_pixels)
-            decode_ms[model.name]["pixels"] = 0.0
+                                 for kind in config.payloads if kind not in payload_files.PIXELS_PER_REQUEST}
+        for kind, per_request in payload_files.PIXELS_PER_REQUEST.items():  # preprocessed here: nothing to decode
+            if kind in config.payloads:
+                pixels.setdefault(model.name, {})[kind] = payload_files.pixels(
+                    out / "payloads", files[payload_files.PIXELS_FROM], model.name, card.preprocessing,
+                    model.input_dtype, serving.max_pixels, per_request)
+                decode_ms[model.name][kind] = 0.0
         say(f"{model.name}: decode + preprocess " + ", ".join(f"{k} {v:.1f} ms" for k, v in decode_ms[model.name].items()))
         path, model = model.path, None
         raw_points += raw.sweep(path, serving, config.raw_seconds, on_point=lambda p: say(
@@ -108,7 +110,8 @@ def run(config: BenchConfig, command: str = "resnet-bench") -> dict:
         "models": cards,
         "payloads": {k: {"description": payload_files.DESCRIPTIONS[k], "files": [str(p) for p in v],
                          "bytes": [p.stat().st_size for p in v]}
-                     for k, v in {**files, "pixels": [f for fs in pixels.values() for f in fs]}.items()
+                     for k, v in {**files, **{kind: [f for by_kind in pixels.values() for f in by_kind.get(kind, [])]
+                                                 for kind in payload_files.PIXELS_PER_REQUEST}}.items()
                      if k in config.payloads},
         "decode_ms": decode_ms,
         "raw": [asdict(p) for p in raw_points],
@@ -201,7 +204,7 @@ def _service_runs(config: BenchConfig, models_dir: Path, cards: dict, files: dic
     runs = []
     try:
         for index, (model, kind, concurrency) in enumerate(levels, 1):
-            request = servers.load_request(kind, model, pixels[model] if kind == "pixels" else files[kind],
+            request = servers.load_request(kind, model, pixels[model][kind] if kind in pixels.get(model, {}) else files[kind],
                                            cards[model]["input_name"], config.headers)
             result = servers.run_load(url, concurrency=concurrency, warmup_s=config.warmup_s,
                                       duration_s=config.duration_s, server_pid=pid, **request)

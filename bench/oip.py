@@ -33,12 +33,13 @@ def frame(image: bytes, top_k: int = TOP_K) -> tuple[bytes, int]:
 
 
 def frame_pixels(pixels: np.ndarray, input_name: str, top_k: int = TOP_K) -> tuple[bytes, int]:
-    """The request body for one preprocessed image (the model's input without its batch axis), and
-    the length of its JSON header."""
+    """The request body for preprocessed images, and the length of its JSON header: one image (the
+    model's input without its batch axis, 3-D), or several on a batch axis (4-D)."""
     if pixels.dtype not in DATATYPES:
         raise ValueError(f"pixels must be one of {', '.join(map(str, DATATYPES))}, got {pixels.dtype}")
     data = np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("<")).tobytes()
-    tensor = {"name": input_name, "datatype": DATATYPES[pixels.dtype], "shape": [1, *pixels.shape]}
+    shape = list(pixels.shape) if pixels.ndim == 4 else [1, *pixels.shape]
+    tensor = {"name": input_name, "datatype": DATATYPES[pixels.dtype], "shape": shape}
     return _frame(tensor, data, top_k)
 
 

@@ -10,6 +10,9 @@
   service's decode pool does), saved per model as .npy in the model's input dtype and shape, and
   sent as its input tensor through the Open Inference Protocol (bench/oip.py): nothing is decoded
   on the server, so the service against raw ONNX Runtime measures the serving path alone.
+- `pixels8`: the same, eight images in one request (a tensor with a batch axis of 8), as a client
+  that batches its own requests sends them (Triton's perf_analyzer -b 8): the HTTP work of one
+  request is shared by eight images.
 
     python -m bench.payloads results/payloads
 """
@@ -26,12 +29,14 @@ from artifact import Preprocessing, preprocess, write_atomically
 from bench import photos
 
 JPEGS = ("photo", "12mp")  # payloads that are image files, posted as they are
-KINDS = (*JPEGS, "pixels")  # every payload name, in the order the bench runs them
+PIXELS_PER_REQUEST = {"pixels": 1, "pixels8": 8}  # payloads of preprocessed pixels: images in one request
+KINDS = (*JPEGS, *PIXELS_PER_REQUEST)  # every payload name, in the order the bench runs them
 PIXELS_FROM = "photo"  # the JPEGs that the pixels payload holds, preprocessed
 DESCRIPTIONS = {
     "photo": "500x375 JPEG q90, three real photos in turn",
     "12mp": "4000x3000 JPEG q90, a real photo upscaled with grain",
     "pixels": "the photo payload preprocessed ahead: the model's input tensor over OIP, no decode",
+    "pixels8": "the pixels payload, 8 images per OIP request (batch axis 8)",
 }
 QUALITY = 90
 GRAIN_SIGMA = 4.0  # standard deviation of the added grain, in 8-bit levels
@@ -61,22 +66,28 @@ def build(out: Path, kinds=JPEGS, images: Path | None = None) -> dict[str, list[
 def jpegs_for(folder: Path, kinds: tuple[str, ...]) -> dict[str, list[Path]]:
     """The JPEG payloads asked for, and the ones the pixels payload is made from."""
     wanted = {kind for kind in kinds if kind in JPEGS}
-    if "pixels" in kinds:
+    if set(kinds) & set(PIXELS_PER_REQUEST):
         wanted.add(PIXELS_FROM)
     return build(folder, [kind for kind in JPEGS if kind in wanted])
 
 
-def pixels(out: Path, jpegs: list[Path], model: str, prep: Preprocessing, dtype, max_pixels: int) -> list[Path]:
+def pixels(out: Path, jpegs: list[Path], model: str, prep: Preprocessing, dtype, max_pixels: int,
+           per_request: int = 1) -> list[Path]:
     """Write out/pixels-<model>-<n>.npy: each JPEG as one image of the model's input (no batch axis),
-    made as the service makes it from the same file; the files, in the JPEGs' order."""
+    made as the service makes it from the same file; the files, in the JPEGs' order. With
+    `per_request` > 1, one file out/pixels<per_request>-<model>.npy holds that many of them, the
+    JPEGs in turn, on a batch axis."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    arrays = [preprocess.prepare(Path(jpeg).read_bytes(), prep, max_pixels).astype(dtype, copy=False) for jpeg in jpegs]
+    if per_request > 1:
+        named = {f"pixels{per_request}-{model}.npy": np.stack([arrays[i % len(arrays)] for i in range(per_request)])}
+    else:
+        named = {f"pixels-{model}-{index}.npy": array for index, array in enumerate(arrays)}
     files = []
-    for index, jpeg in enumerate(jpegs):
-        array = preprocess.prepare(Path(jpeg).read_bytes(), prep, max_pixels).astype(dtype, copy=False)
-        path = out / f"pixels-{model}-{index}.npy"
-        write_atomically(path, lambda f: np.save(f, array, allow_pickle=False))
-        files.append(path)
+    for name, array in named.items():
+        write_atomically(out / name, lambda f, array=array: np.save(f, array, allow_pickle=False))
+        files.append(out / name)
     return files
 
 

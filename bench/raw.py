@@ -51,10 +51,10 @@ def batch_sizes(max_batch: int) -> list[int]:
 
 
 def sweep(path: Path, config: ServeConfig, seconds: float, on_point=lambda point: None) -> list[RawPoint]:
-    """Time one model file at every batch size up to config.max_batch_size, about `seconds` each."""
+    """Time one model file at every batch size up to its batch limit (max_batch_size), about `seconds` each."""
     model = load_model(path, config)
     points = []
-    for batch in batch_sizes(config.max_batch_size):
+    for batch in batch_sizes(config.batch_limit(model.device)):
         inputs = preprocess.random_batch(model.card.preprocessing, batch)
         feed, fetch = {model.card.input_name: inputs.astype(model.input_dtype)}, [model.card.output_name]
         for _ in range(2):  # first runs allocate and pick kernels for this shape

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import oip
+from bench.payloads import PIXELS_PER_REQUEST
 
 READY_TIMEOUT_S = 300.0  # resnet152 fp32 + int8 warm-up at every batch shape takes a while on 2 busy cores
 
@@ -114,7 +115,7 @@ def start_baseline(model_file: Path, threads: int, log_dir: Path) -> Process:
 
 def load_request(kind: str, model: str, files: list[Path], input_name: str, headers: tuple[str, ...]) -> dict:
     """run_load's arguments for one payload kind and model: route, files, protocol, headers."""
-    if kind == "pixels":  # the model's own input tensor, which only the Open Inference Protocol takes
+    if kind in PIXELS_PER_REQUEST:  # the model's own input tensor, which only the Open Inference Protocol takes
         return {"path": oip.path(model), "payloads": files, "protocol": "oip-pixels", "input_name": input_name,
                 "headers": headers}
     return {"path": f"/classify?model={model}", "payloads": files, "headers": headers}

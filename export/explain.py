@@ -11,7 +11,7 @@ over (x, y) plus the bias b_c is the logit of c, so the bias only shifts the map
     cam          float32 [batch, k, h, w]     the maps of the k highest-scoring classes, highest first
     cam_classes  int64   [batch, k]           which class each map belongs to (ONNX TopK: ties to the lower index)
 
-and one optional input, cam_k (int64 [1], default CAM_K_DEFAULT capped at the class count): an
+and one optional input, cam_k (int64 [1], default artifact.cam_k_default: 5, or the class count if lower): an
 initializer that is also a graph input (ONNX IR >= 4), so a caller that feeds only the pixels gets
 the default and the existing service runs the file unchanged. ONNX Runtime runs every node of the
 graph whatever outputs are fetched, so the maps are computed on every run; they are k x C x h x w
@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from artifact import CAM_CLASSES_OUTPUT, CAM_K_DEFAULT, CAM_K_INPUT, CAM_OUTPUT, EMBEDDING_OUTPUT, ExtraOutput
+from artifact import CAM_CLASSES_OUTPUT, CAM_K_INPUT, CAM_OUTPUT, EMBEDDING_OUTPUT, ExtraOutput, cam_k_default
 from export.graph import OUTPUT_NAME
 
 # Node names of what add_outputs inserts, so int8 quantization can leave them in float.
@@ -53,7 +53,7 @@ def add_outputs(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, tuple[ExtraOut
     height, width = _spatial(proto, features)
 
     _rename(graph, head.input[0], EMBEDDING_OUTPUT)
-    k_default = min(CAM_K_DEFAULT, classes)
+    k_default = cam_k_default(classes)
     k = numpy_helper.from_array(np.array([k_default], dtype=np.int64), CAM_K_INPUT)
     flat = numpy_helper.from_array(np.array([0, channels, height * width], dtype=np.int64), NODE_PREFIX + "flat")
     square = numpy_helper.from_array(np.array([0, -1, height, width], dtype=np.int64), NODE_PREFIX + "square")

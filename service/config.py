@@ -23,6 +23,8 @@ ENV_PREFIX = "RESNET_SERVE_"
 PROVIDER_NAMES = ("cuda", "cpu")  # runtime.PROVIDERS maps these to ONNX Runtime's names
 CONV_ALGO_SEARCH = ("exhaustive", "heuristic", "default")  # ORT's EXHAUSTIVE, HEURISTIC, DEFAULT
 ARENA_STRATEGIES = ("same_as_requested", "next_power_of_two")  # engine/cuda.py maps them to ORT's
+CPU_MAX_BATCH = 8  # max_batch_size's default on the CPU (the comment at the field says why)
+CPU_QUEUE, CUDA_QUEUE_BATCHES = 128, 8  # queue_size's defaults (the comment at the field says why)
 # An origin as browsers send it (RFC 6454 section 6.1); Litestar's CORSConfig reads * in it as a wildcard.
 _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9*.-]+)(:[0-9]{1,5})?")
 
@@ -60,11 +62,20 @@ class ServeConfig:
         (), "the depth ladder's models, comma-separated; empty = each depth's fastest variant (docs/cascade.md)",
         sep=",",
     )
-    # Batching defaults, kept by resnet-bench on an idle box (docs/performance.md): fp32 raw ORT gains
-    # under 10% from batch 1 to 8 on 224x224 resnet18/152, and batches are full (8.00) at concurrency >= 16.
-    max_batch_size: int = _opt(8, "most images in one inference")
+    # Batching defaults: on the CPU, kept by resnet-bench on an idle box (docs/performance.md): fp32 raw ORT
+    # gains under 10% from batch 1 to 8 on 224x224 resnet18/152, and batches are full (8.00) at concurrency
+    # >= 16. On CUDA the GPU's rate still grows to batch 64-128 (docs/gpu.md), so the largest size there.
+    max_batch_size: int | None = _opt(
+        None, f"most images in one inference; default {CPU_MAX_BATCH} on the CPU, the largest --cuda-batch-sizes on CUDA"
+    )
     max_delay_ms: float = _opt(2.0, "longest wait, in ms after the first queued image, for a batch to fill")
-    queue_size: int = _opt(128, "most images admitted per model (decoding, queued or running) before 503")
+    # A queue holds a few batches: 16 of the CPU's (about a second of resnet18 at 224 px on a few cores),
+    # 8 of the largest CUDA batch (well under a second on a GPU, and room for clients sending many images).
+    queue_size: int | None = _opt(
+        None,
+        f"most images admitted per model (decoding, queued or running) before 503; default {CPU_QUEUE} on the "
+        f"CPU, {CUDA_QUEUE_BATCHES} times the largest --cuda-batch-sizes on CUDA",
+    )
     max_body_bytes: int = _opt(20_000_000, "largest request body, in bytes (413 beyond)")
     max_pixels: int = _opt(50_000_000, "largest image, in pixels (width x height), read from its header (413 beyond)")
     max_images: int = _opt(32, "most images in one multipart upload (413 beyond)")
@@ -90,9 +101,10 @@ class ServeConfig:
     )
     # One session per size on CUDA: ONNX Runtime's cuDNN-frontend Conv keeps the execution plan of the
     # last input shape only (microsoft/onnxruntime#23006), so a session that sees one shape never
-    # rebuilds it. 1,8,32,128 is a starting guess until a GPU measures the ladder (docs/gpu.md).
+    # rebuilds it. Below 8 a batch costs about the same at any size; above, the sizes double, so padding
+    # at most doubles a batch's work (docs/gpu.md: a batch of 64 took 7.0 ms padded to 128, 2.9 ms at 64).
     cuda_batch_sizes: tuple[int, ...] = _opt(
-        (1, 8, 32, 128),
+        (1, 8, 16, 32, 64, 128),
         "batch sizes the CUDA path runs, increasing, the largest >= max_batch_size; a batch is zero-padded to the next",
         sep=",",
     )
@@ -100,6 +112,8 @@ class ServeConfig:
         "per_size", "per_size: one ONNX Runtime session per batch size (fixed shape); shared: one session for all sizes"
     )
     cuda_graphs: bool = _opt(False, "capture one CUDA graph per batch size and replay it (falls back with a warning)")
+    # Tensor cores read channels-last: resnet18 fp16 ran 1.53x faster host to host on an H200 (docs/gpu.md).
+    cuda_prefer_nhwc: bool = _opt(True, "run convolutions channels-last on CUDA (ONNX Runtime's prefer_nhwc)")
     # For tests and measurements: the CUDA path's sized sessions and buffers on the CPU provider too.
     sized_on_cpu: bool = _opt(False, "run the CUDA path's sized sessions and buffers on the CPU provider as well")
     warmup_runs: int = _opt(2, "inferences per model and batch shape before /health/ready reports ready")
@@ -143,7 +157,7 @@ class ServeConfig:
             "read_budget_bytes", "instances", "rate_limit_burst",
         )  # fmt: skip
         for name in positive:
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)!r}")
         for name in ("intra_op_threads", "decode_threads", "max_delay_ms", "drain_timeout_s", "drain_grace_s",
                      "rate_limit_rps"):
@@ -153,8 +167,8 @@ class ServeConfig:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
         # Limits that could never all be met: such an upload would get 503 and Retry-After forever.
-        if self.max_images > self.queue_size:
-            raise ConfigError(f"max_images ({self.max_images}) must not exceed queue_size ({self.queue_size})")
+        if self.max_images > (self.queue_size or CPU_QUEUE):  # the CPU default is the smaller one
+            raise ConfigError(f"max_images ({self.max_images}) must not exceed queue_size ({self.queue_size or CPU_QUEUE})")
         if self.max_body_bytes > self.read_budget_bytes:
             raise ConfigError(
                 f"max_body_bytes ({self.max_body_bytes}) must not exceed read_budget_bytes ({self.read_budget_bytes})"
@@ -198,11 +212,24 @@ class ServeConfig:
         if self.cuda_sessions not in ("per_size", "shared"):
             raise ConfigError(f"cuda_sessions must be per_size or shared, got {self.cuda_sessions!r}")
         # Only where the sized path can run: a CPU-only service with a large max_batch_size is not refused.
-        if ("cuda" in self.providers or self.sized_on_cpu) and sizes[-1] < self.max_batch_size:
+        if ("cuda" in self.providers or self.sized_on_cpu) and sizes[-1] < (self.max_batch_size or 0):
             raise ConfigError(
                 f"cuda_batch_sizes' largest size ({sizes[-1]}) is below max_batch_size ({self.max_batch_size}): "
                 f"add a size >= {self.max_batch_size} or lower max_batch_size"
             )
+
+    def batch_limit(self, device: str) -> int:
+        """max_batch_size as given, or its default for a model ONNX Runtime runs on `device`
+        ("cuda": the largest of cuda_batch_sizes; "cpu": CPU_MAX_BATCH)."""
+        if self.max_batch_size is not None:
+            return self.max_batch_size
+        return self.cuda_batch_sizes[-1] if device == "cuda" else CPU_MAX_BATCH
+
+    def queue_limit(self, device: str) -> int:
+        """queue_size as given, or its default for a model ONNX Runtime runs on `device`."""
+        if self.queue_size is not None:
+            return self.queue_size
+        return CUDA_QUEUE_BATCHES * self.cuda_batch_sizes[-1] if device == "cuda" else CPU_QUEUE
 
     @property
     def max_delay_s(self) -> float:

@@ -7,11 +7,13 @@ Each phase runs in a process of its own under a timeout, and results.json is wri
 phase: a rerun with the same --out skips the phases that finished (--fresh starts again).
   export    resnet18 in fp32 and fp16 (224x224, random weights: bench/models.py) with resnet-export;
   raw       ONNX Runtime through the service's sized runner (page-locked buffers, one shape at a
-            time), uint8 pixels in, logits out, host to host, per batch size; fp16 with prefer_nhwc;
+            time), uint8 pixels in, logits out, host to host, per batch size, with and without
+            prefer_nhwc; and the explanations' cost and fp16-against-fp32 agreement on the sized path;
   diagnose  the engine variants through the service's batching loop (bench/gpu/diagnose.py);
   decode    the JPEG-decode ceiling: the bench photos decoded and preprocessed on every core;
-  service   resnet-bench against resnet-serve at concurrency 1, 16, 64, 128 with pixel and photo
-            payloads, once per --service-variants entry (the earlier single-session ladder included);
+  service   resnet-bench against resnet-serve at concurrency 1, 16, 64, 128 with pixel (one and
+            eight images per request) and photo payloads, once per --service-variants entry (the
+            earlier single-session ladder included);
   train, cli-train  resnet50 training, only with --train.
 The measuring phases are in bench/gpu/phases.py. It writes results.json, table.md and gpu.png in
 --out (device.sh adds log.txt), with resnet-bench's files in --out/service: eight files at most, the
@@ -36,9 +38,9 @@ ORDER = ("export", "raw", "diagnose", "decode", "service", "train", "cli-train")
 TRAINING = ("train", "cli-train")
 CONCURRENCY = "1,16,64,128"
 # resnet-bench's payload kinds: ready uint8 pixels over the OIP binary extension, and JPEG photos.
-SERVICE_PAYLOADS = "pixels,photo"
+SERVICE_PAYLOADS = "pixels,pixels8,photo"
 # The earlier service, for the before/after table: one session, every power of two up to 128.
-OLD_BEHAVIOUR = "--cuda-sessions shared --cuda-batch-sizes " + ",".join(map(str, engine.OLD_LADDER))
+OLD_BEHAVIOUR = "--cuda-sessions shared --no-cuda-prefer-nhwc --cuda-batch-sizes " + ",".join(map(str, engine.OLD_LADDER))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -195,8 +197,7 @@ def _service(args, models: Path, extra: list[str], folder: str) -> dict:
     wanted = args.payloads.split(",")
     kinds = [kind for kind in wanted if kind in KINDS]
     concurrency = SMOKE["concurrency"] if args.smoke else args.concurrency
-    largest = "8" if args.smoke else "128"
-    serve = ["--max-batch-size", largest, "--providers", "cuda,cpu" if args.device == "cuda" else "cpu"]
+    serve = ["--providers", "cuda,cpu" if args.device == "cuda" else "cpu"]  # the batch limit: its default
     if args.device == "cpu":
         serve += ["--sized-on-cpu", "--cuda-batch-sizes", "1,8"]
     command = [sys.executable, "-m", "bench.cli", "--models", str(served), "--only", ",".join(names),

@@ -12,8 +12,9 @@ was busy (building cuDNN plans, say), not waiting for the GPU.
 
 | case | sessions | sizes |
 | --- | --- | --- |
-| old_ladder | one session for every size (the earlier service) | 1, 2, 4, ..., 128 |
+| old_ladder | one session for every size, NCHW (the earlier service) | 1, 2, 4, ..., 128 |
 | per_size | one session per size (the service's default) | --cuda-batch-sizes' default |
+| coarse | one session per size, fewer sizes (the first guess) | 1, 8, 32, 128 |
 | single_size | one session, every batch padded to one size | 128 |
 | graphs | one session per size, each replaying its CUDA graph | as per_size |
 """
@@ -32,8 +33,9 @@ CYCLE = (16, 3, 64, 7, 128, 1, 32)  # batch sizes changing every batch, as a bat
 CLIENTS = 64  # one-image clients of the batcher half of each case
 OLD_LADDER = (1, 2, 4, 8, 16, 32, 64, 128)
 CASES = {  # name -> ServeConfig settings changed against the default
-    "old_ladder": {"cuda_sessions": "shared", "cuda_batch_sizes": OLD_LADDER},
+    "old_ladder": {"cuda_sessions": "shared", "cuda_batch_sizes": OLD_LADDER, "cuda_prefer_nhwc": False},
     "per_size": {},
+    "coarse": {"cuda_batch_sizes": (1, 8, 32, 128)},
     "single_size": {"cuda_batch_sizes": (128,)},
     "graphs": {"cuda_graphs": True},
 }

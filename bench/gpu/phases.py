@@ -70,10 +70,13 @@ def raw_phase(args, models: Path) -> dict:
 
     batches = SMOKE["batches"] if args.smoke else BATCHES
     providers = ("cuda", "cpu") if args.device == "cuda" else ("cpu",)
+    # The rows without a suffix run NCHW (prefer_nhwc off, the layout before it became the default);
+    # the "prefer_nhwc" rows run the service's default layout.
     config = ServeConfig(models=models, providers=providers, max_batch_size=max(batches), cuda_sessions="shared",
-                         cuda_batch_sizes=tuple(batches), sized_on_cpu=args.device == "cpu")  # fmt: skip
+                         cuda_batch_sizes=tuple(batches), sized_on_cpu=args.device == "cpu",
+                         cuda_prefer_nhwc=False)  # fmt: skip
     seconds = 0.05 if args.smoke else 0.3
-    points, parity = [], {}
+    points, parity, explain = [], {}, {}
     for path in discover(models):
         model = load_model(path, config)
         name, prep = model.name, model.card.preprocessing
@@ -84,8 +87,8 @@ def raw_phase(args, models: Path) -> dict:
         parity[name] = float(np.abs(model.runner.run(probe).astype(np.float32) - plain.astype(np.float32)).max())
         say(f"raw {name}: sized runner vs session.run max |diff| {parity[name]:.2e}, pinned {model.runner.pinned}")
         variants = {"": model.runner}
-        if args.device == "cuda" and model.card.precision == "fp16":  # tensor cores favour NHWC (ORT's prefer_nhwc)
-            options = {**cuda.provider_options(0, config.cudnn_conv_algo_search), "prefer_nhwc": "1"}
+        if args.device == "cuda":  # tensor cores favour NHWC (ORT's prefer_nhwc, the service's default)
+            options = cuda.provider_options(0, config.cudnn_conv_algo_search, nhwc=True)
             nhwc = ort.InferenceSession(str(path), sess_options=session_options(config),
                                         providers=[(PROVIDERS["cuda"], options)])
             variants["prefer_nhwc"] = sized.SizedRunner(dict.fromkeys(batches, nhwc), model.card.input_name,
@@ -98,7 +101,76 @@ def raw_phase(args, models: Path) -> dict:
                 say(f"raw {points[-1]['model']} batch {batch}: {points[-1]['images_per_s']:.0f} img/s host to host, "
                     f"{points[-1]['compute_images_per_s']:.0f} compute only")
         del model, variants
-    return {"points": points, "sized_vs_plain_max_abs_diff": parity}
+        explain[name] = _explain_costs(path, providers, args, seconds)
+    return {"points": points, "sized_vs_plain_max_abs_diff": parity, "explain": _explain_report(explain)}
+
+
+EXPLAIN_BATCHES = (1, 8, 64)
+
+
+def _explain_costs(path: Path, providers: tuple[str, ...], args, seconds: float) -> dict:
+    """The model as the service loads it by default (per-size sessions, its layout, the explanation
+    outputs bound per size): ms per batch classifying alone and with every explanation copied out,
+    and the explanations of one probe batch, for the fp16-against-fp32 comparison."""
+    import numpy as np
+
+    from artifact.preprocess import random_batch
+    from service.config import ServeConfig
+    from service.engine.runtime import load_model
+
+    batches = (1, 2) if args.smoke else EXPLAIN_BATCHES
+    config = ServeConfig(models=path.parent.parent, providers=providers, cuda_batch_sizes=batches,
+                         sized_on_cpu=args.device == "cpu")  # fmt: skip
+    model = load_model(path, config)
+    if model.runner is None or not model.runner.extras:
+        return {"bound": False}
+    prep = model.card.preprocessing
+    costs = {}
+    for batch in batches:
+        pixels = random_batch(prep, batch, seed=batch)
+        for label, call in (("classify_ms", model.probabilities), ("explain_ms", model.explain)):
+            for _ in range(3):
+                call(pixels)
+            walls, deadline = [], time.perf_counter() + seconds / 2
+            while len(walls) < 5 or time.perf_counter() < deadline:
+                started = time.perf_counter()
+                call(pixels)
+                walls.append(time.perf_counter() - started)
+            costs.setdefault(str(batch), {})[label] = round(float(np.median(walls)) * 1000, 3)
+    probe = model.explain(random_batch(prep, batches[-1], seed=0))
+    return {"bound": True, "costs": costs, "probe": {k: v.tolist() for k, v in probe.items()}}
+
+
+def _explain_report(explain: dict) -> dict:
+    """Costs per model, and each fp16 model's maps and embeddings against its fp32 twin's on the probe."""
+    import numpy as np
+
+    report = {name: {k: v for k, v in e.items() if k != "probe"} for name, e in explain.items()}
+    for name, e in explain.items():
+        twin = explain.get(name.removesuffix("-fp16")) if name.endswith("-fp16") else None
+        if not (e.get("probe") and twin and twin.get("probe")):
+            continue
+        half, full = ({k: np.asarray(v) for k, v in x["probe"].items()} for x in (e, twin))
+        diffs, peaks, compared = [], 0, 0
+        for i, classes in enumerate(full["cam_classes"]):
+            top = int(classes[0])
+            where = np.flatnonzero(half["cam_classes"][i] == top)
+            if not len(where):
+                continue
+            a, b = full["cam"][i, 0], half["cam"][i, int(where[0])]
+            a, b = ((m - m.min()) / max(float(m.max() - m.min()), 1e-12) for m in (a, b))
+            diffs.append(float(np.abs(a - b).max()))
+            peaks += int(a.argmax() == b.argmax())
+            compared += 1
+        ea, eb = full["embedding"], half["embedding"]
+        cosine = (ea * eb).sum(1) / np.maximum(np.linalg.norm(ea, axis=1) * np.linalg.norm(eb, axis=1), 1e-12)
+        report[name]["against_fp32"] = {
+            "images": len(full["cam_classes"]), "maps_compared": compared,
+            "map_max_abs_diff_normalised": round(max(diffs), 4) if diffs else None,
+            "map_peak_agreement": round(peaks / compared, 4) if compared else None,
+            "embedding_cosine_min": round(float(cosine.min()), 6),
+        }  # fmt: skip
+    return report
 
 
 def _raw_point(runner, batch, seconds: float, point: dict) -> dict:

@@ -99,12 +99,12 @@ class Cascade:
         batching delay."""
         pipeline = self.pipelines[name]
         config = pipeline.config
-        batches = math.ceil((pipeline.inflight + count) / config.max_batch_size)
+        batches = math.ceil((pipeline.inflight + count) / pipeline.max_batch_size)
         return math.ceil(batches / pipeline.instances) * pipeline.batch_seconds + config.max_delay_s
 
     def _skip_reason(self, name: str, count: int, budget_deadline: float | None) -> str | None:
         pipeline = self.pipelines[name]
-        if pipeline.inflight + count > pipeline.config.queue_size:
+        if pipeline.inflight + count > pipeline.queue_size:
             return "overloaded"
         if budget_deadline is not None:
             left = budget_deadline - asyncio.get_running_loop().time()

@@ -57,12 +57,14 @@ class ModelPipeline:
         # inside each run with its share of the cores (runtime.model_threads). The sized path (CUDA)
         # keeps one set of buffers per batch size, so it serves one batch at a time.
         self.instances = 1 if model.runner is not None else config.instances
+        self.max_batch_size = config.batch_limit(model.device)
+        self.queue_size = config.queue_limit(model.device)
         self.executor = ThreadPoolExecutor(self.instances, thread_name_prefix=f"infer-{model.name}")
         self.batcher: Batcher[np.ndarray, np.ndarray] = Batcher(
             self._run_batch,
-            config.max_batch_size,
+            self.max_batch_size,
             config.max_delay_s,
-            config.queue_size,
+            self.queue_size,
             self._on_batch,
             model.name,
             incoming=lambda: self.decoding,
@@ -78,14 +80,14 @@ class ModelPipeline:
         dtype = np.uint8 if prep.input_dtype == "uint8" else np.float32  # what prepare returns
         self.buffers: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
         for _ in range(self.instances if model.runner is None else 0):  # the sized path has its own
-            self.buffers.put(np.empty(prep.input_shape(config.max_batch_size), dtype=dtype))
+            self.buffers.put(np.empty(prep.input_shape(self.max_batch_size), dtype=dtype))
 
     def start(self) -> None:
         self.batcher.start()
 
     async def warm_up(self) -> float:
         """Warm-up runs for batch 1 and the largest batch, off the loop; returns seconds taken."""
-        sizes = tuple(sorted({1, self.config.max_batch_size}))
+        sizes = tuple(sorted({1, self.max_batch_size}))
         loop = asyncio.get_running_loop()
         seconds = await loop.run_in_executor(self.executor, self.model.warm_up, sizes, self.config.warmup_runs)
         # A first batch-time estimate before any traffic: model=auto's budget checks need one (cascade.py).
@@ -142,11 +144,11 @@ class ModelPipeline:
 
     def check_capacity(self, count: int) -> None:
         """503 now if `count` more images would pass queue_size; also asked before a body is read."""
-        if self.inflight + count > self.config.queue_size:
-            batches_ahead = math.ceil(self.inflight / (self.config.max_batch_size * self.instances))
+        if self.inflight + count > self.queue_size:
+            batches_ahead = math.ceil(self.inflight / (self.max_batch_size * self.instances))
             raise Overloaded(
                 f"model {self.model.name!r} is at capacity "
-                f"({self.inflight} of {self.config.queue_size} images in flight)",
+                f"({self.inflight} of {self.queue_size} images in flight)",
                 retry_after_s=math.ceil(batches_ahead * self.batch_seconds),
             )
 

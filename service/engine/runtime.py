@@ -76,10 +76,14 @@ class LoadedModel:
     def explain(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """One run with every output: probabilities [N, K] and each extra output the graph has (its
         embedding [N, C], top-k maps [N, k, h, w] and their classes [N, k]). The graph computes them on
-        every run anyway; this run only also copies them out. Uses the session of any batch size."""
-        names = [self.card.output_name, *(extra.name for extra in self.card.extra_outputs)]
-        values = self.session.run(names, {self.card.input_name: batch.astype(self.input_dtype, copy=False)})
-        outputs = dict(zip(names, values))
+        every run anyway; this run only also copies them out. On the sized path it runs at its batch
+        size's session and buffers, like any batch; otherwise on the session of any batch size."""
+        if self.runner is not None and self.runner.extras:
+            outputs = self.runner.run_all(batch)
+        else:
+            names = [self.card.output_name, *(extra.name for extra in self.card.extra_outputs)]
+            values = self.session.run(names, {self.card.input_name: batch.astype(self.input_dtype, copy=False)})
+            outputs = dict(zip(names, values))
         outputs["probabilities"] = _softmax(outputs.pop(self.card.output_name))
         return outputs
 
@@ -166,7 +170,8 @@ def provider_list(requested: tuple[str, ...]) -> list[str]:
 def providers_with_options(config: ServeConfig, graphs: bool = False) -> list:
     """provider_list with the CUDA provider's serving options (service.engine.cuda) attached."""
     options = cuda.provider_options(
-        config.cuda_device_id, config.cudnn_conv_algo_search, config.cuda_arena_extend_strategy, graphs
+        config.cuda_device_id, config.cudnn_conv_algo_search, config.cuda_arena_extend_strategy, graphs,
+        config.cuda_prefer_nhwc,
     )
     return [(name, options) if name == PROVIDERS["cuda"] else name for name in provider_list(config.providers)]
 
@@ -280,7 +285,22 @@ def sized_runner(model: LoadedModel, config: ServeConfig, threads: int | None = 
                     card.name, str(error).splitlines()[0][:300], extra={"model": card.name})
         graphs, sessions = False, build(False)
     return sized.SizedRunner(sessions, card.input_name, card.output_name, device, config.cuda_device_id,
-                             graphs, build, card.name)  # fmt: skip
+                             graphs, build, card.name, _extra_shapes(model))  # fmt: skip
+
+
+def _extra_shapes(model: LoadedModel) -> dict[str, tuple[tuple[int, ...], type]]:
+    """The card's extra outputs as the sized path binds them: shape without the batch axis, dtype.
+    The maps' k is the graph's default (the service never feeds cam_k); a dimension the card leaves
+    open otherwise means none is bound, and explanations run on the model's own session."""
+    types = {node.name: node.type for node in model.session.get_outputs()}
+    known = {"k": model.card.cam_k}
+    shapes = {}
+    for extra in model.card.extra_outputs:
+        rest = tuple(known.get(d) if isinstance(d, str) else d for d in extra.shape[1:])
+        if any(d is None for d in rest) or types.get(extra.name) not in ORT_DTYPES:
+            return {}
+        shapes[extra.name] = (rest, ORT_DTYPES[types[extra.name]])
+    return shapes
 
 
 def load_models(config: ServeConfig) -> dict[str, LoadedModel]:

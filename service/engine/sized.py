@@ -15,6 +15,10 @@ previous batch used beyond this one are zeroed. On CUDA the device buffers are b
 copies made explicitly, so /metrics times them and a CUDA graph (one per size, `gpu_graph_id`)
 replays at fixed addresses. On the CPU provider the host buffers are bound themselves.
 
+The explanation outputs (embedding, maps, their classes) are bound the same way, to buffers of their
+own per size: the graph computes them on every run anyway, so binding them costs no copy, and a run
+that asks for them (`run_all`) copies them out too, on the session of its size like any other batch.
+
 The runner serves one batch at a time: its buffers are shared by every call.
 """
 
@@ -71,10 +75,8 @@ class _Rung:
         if runner.graphs:
             self.options.add_run_config_entry(GRAPH_ID, str(graph_id))
         if runner.device == "cuda":
-            self.device_in = ort.OrtValue.ortvalue_from_shape_and_type(
-                self.host_in.shape, runner.input_dtype, "cuda", runner.device_id)
-            self.device_out = ort.OrtValue.ortvalue_from_shape_and_type(
-                self.host_out.shape, runner.output_dtype, "cuda", runner.device_id)
+            self.device_in = _device_value(self.host_in.shape, runner.input_dtype, runner.device_id)
+            self.device_out = _device_value(self.host_out.shape, runner.output_dtype, runner.device_id)
             self.bound_in, self.bound_out = self.device_in, self.device_out
             self.host_out_value = ort.OrtValue.ortvalue_from_numpy(self.host_out)
         else:  # the CPU provider reads and writes the host buffers themselves
@@ -83,6 +85,16 @@ class _Rung:
             self.bound_out = ort.OrtValue.ortvalue_from_numpy(self.host_out)
         self.binding.bind_ortvalue_input(runner.input_name, self.bound_in)
         self.binding.bind_ortvalue_output(runner.output_name, self.bound_out)
+        # Extra outputs: on the device on CUDA (copied out only when asked), host arrays on the CPU.
+        self.extras: dict[str, ort.OrtValue] = {}
+        for name, (shape, dtype) in runner.extras.items():
+            shape = (size, *shape)
+            if runner.device == "cuda":
+                value = _device_value(shape, dtype, runner.device_id)
+            else:
+                value = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype))
+            self.binding.bind_ortvalue_output(name, value)
+            self.extras[name] = value
 
     def fill(self, count: int, write: Callable[[np.ndarray], object]) -> None:
         """Write `count` rows in place, zero what the previous batch left beyond them."""
@@ -107,8 +119,11 @@ class SizedRunner:
         graphs: bool = False,
         rebuild: Callable[[bool], Mapping[int, ort.InferenceSession]] | None = None,
         name: str = "",
+        extras: Mapping[str, tuple[tuple[int, ...], type]] | None = None,
     ) -> None:
+        """`extras`: other outputs to bind, name -> (shape without the batch axis, numpy dtype)."""
         self.input_name, self.output_name = input_name, output_name
+        self.extras = dict(extras or {})
         self.device, self.device_id, self.graphs, self.rebuild, self.name = device, device_id, graphs, rebuild, name
         self.timings = Timings(0.0, 0.0, 0.0)
         self.seen: dict[int, set[tuple[int, ...]]] = {}  # id(session) -> input shapes it ran with
@@ -154,6 +169,20 @@ class SizedRunner:
         rung.fill(len(batch), lambda rows: np.copyto(rows, batch, casting="unsafe"))
         return self._execute(rung, len(batch), started)
 
+    def run_all(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every bound output for `batch`, by name: the output_name's and each of `extras`."""
+        largest = self.sizes[-1]
+        if len(batch) > largest:
+            pieces = [self.run_all(batch[i : i + largest]) for i in range(0, len(batch), largest)]
+            return {name: np.concatenate([piece[name] for piece in pieces]) for name in pieces[0]}
+        started = time.perf_counter()
+        rung = self.rungs[rung_for(len(batch), self.sizes)]
+        rung.fill(len(batch), lambda rows: np.copyto(rows, batch, casting="unsafe"))
+        logits = self._execute(rung, len(batch), started, everything=True)
+        if logits is None:  # ran again without graphs: its buffers were made anew
+            return self.run_all(batch)
+        return {self.output_name: logits, **{name: value.numpy()[: len(batch)].copy() for name, value in rung.extras.items()}}
+
     def run_arrays(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         """The output for a batch of single inputs, stacked straight into the size's buffer."""
         started = time.perf_counter()
@@ -161,7 +190,7 @@ class SizedRunner:
         rung.fill(len(arrays), lambda rows: np.stack(arrays, out=rows))
         return self._execute(rung, len(arrays), started)
 
-    def _execute(self, rung: _Rung, count: int, started: float) -> np.ndarray:
+    def _execute(self, rung: _Rung, count: int, started: float, everything: bool = False) -> np.ndarray | None:
         if rung.device_in is not None:
             rung.device_in.update_inplace(rung.host_in)
         copied = time.perf_counter()
@@ -171,7 +200,7 @@ class SizedRunner:
             if not (self.graphs and self._runs[rung.size] < CAPTURE_RUNS and self.rebuild is not None):
                 raise
             self._without_graphs(error)
-            return self.run(rung.host_in[:count].copy())
+            return None if everything else self.run(rung.host_in[:count].copy())
         self._runs[rung.size] += 1
         self.seen.setdefault(id(rung.session), set()).add(tuple(rung.bound_in.shape()))
         ran = time.perf_counter()
@@ -188,6 +217,10 @@ class SizedRunner:
         )  # fmt: skip
         self.graphs = False
         self._build(self.rebuild(False))
+
+
+def _device_value(shape: tuple[int, ...], dtype, device_id: int) -> ort.OrtValue:
+    return ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, "cuda", device_id)
 
 
 # onnxruntime.copy_tensors (1.23+) copies into the page-locked buffer itself. Its first copy is checked

@@ -68,7 +68,9 @@ def test_provider_options_are_the_documented_serving_ones():
         "cudnn_conv_algo_search": "HEURISTIC",
         "cudnn_conv_use_max_workspace": "1",
         "do_copy_in_default_stream": "1",
+        "prefer_nhwc": "1",
     }
+    assert cuda.provider_options(nhwc=False)["prefer_nhwc"] == "0"
     assert cuda.provider_options()["cudnn_conv_algo_search"] == "HEURISTIC"
     assert cuda.provider_options(arena="next_power_of_two")["arena_extend_strategy"] == "kNextPowerOfTwo"
     # The values are checked once, where the settings are read.
@@ -91,6 +93,9 @@ def test_config_carries_and_checks_the_cuda_settings(tmp_path):
     with pytest.raises(ConfigError, match="cuda_arena_extend_strategy"):
         ServeConfig(models=tmp_path, cuda_arena_extend_strategy="grow")
     assert ServeConfig(models=tmp_path).cudnn_conv_algo_search == "heuristic"
+    assert ServeConfig(models=tmp_path).cuda_prefer_nhwc
+    assert not parse(["--models", str(tmp_path), "--no-cuda-prefer-nhwc"]).cuda_prefer_nhwc
+    assert not parse(["--models", str(tmp_path)], environ={"RESNET_SERVE_CUDA_PREFER_NHWC": "off"}).cuda_prefer_nhwc
 
 
 @needs_no_gpu

@@ -58,12 +58,21 @@ def test_the_smoke_run_measures_every_phase_then_resumes_without_repeating_them(
         assert cycle["batches"] >= 2 * len(results["diagnose"]["cycle"]) and cycle["images_per_s"] > 0
         assert set(cycle["per_size"]) == {str(n) for n in results["diagnose"]["cycle"]}
         assert 0 < cycle["cpu_over_wall"] and cases[case]["device_memory_mib"] is None
+    assert cases["coarse"]["sizes"] == [1, 8] and not cases["coarse"]["shared"]
+    explain = results["raw"]["explain"]["resnet18"]
+    assert explain["bound"] and set(explain["costs"]) == {"1", "2"}
+    assert all(c["classify_ms"] > 0 and c["explain_ms"] > 0 for c in explain["costs"].values())
+    old = "--cuda-sessions shared --no-cuda-prefer-nhwc --cuda-batch-sizes 1,2,4,8,16,32,64,128"
     variants = results["service_variants"]
-    assert list(variants) == ["", "--cuda-sessions shared --cuda-batch-sizes 1,2,4,8,16,32,64,128"]
+    assert list(variants) == ["", old]
     for run in variants.values():
         assert {r["concurrency"] for r in run["service"]} == {1, 2} and all(r["images_per_s"] > 0 for r in run["service"])
+        assert {r["payload"] for r in run["service"]} == {"pixels", "pixels8", "photo"}
     assert "--sized-on-cpu" in variants[""]["command"]
-    assert "--cuda-batch-sizes 1,2,4,8" in variants["--cuda-sessions shared --cuda-batch-sizes 1,2,4,8,16,32,64,128"]["command"]
+    assert "--cuda-batch-sizes 1,2,4,8" in variants[old]["command"]
+    # Eight images in each request: the load generator counts images, not requests.
+    (eight,) = [r for r in variants[""]["service"] if r["payload"] == "pixels8" and r["concurrency"] == 1]
+    assert eight["images_per_s"] == pytest.approx(8 * eight["requests"] / eight["window_s"], rel=0.01)
     table = (out / "table.md").read_text()
     assert "## Diagnose" in table and "### resnet20" in table and "## JPEG-decode ceiling" in table
     assert sum(1 for path in out.rglob("*") if path.is_file()) <= 7  # + log.txt: the device returns 8 files at most

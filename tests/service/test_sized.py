@@ -68,6 +68,22 @@ def test_every_batch_size_lands_on_a_session_whose_shape_never_changes(models):
     assert only == {(size, *prep.input_shape(1)[1:]) for size in SIZES}
 
 
+def test_explanations_run_at_their_batch_size_and_answer_as_the_plain_session(models):
+    plain, per_size, shared = models
+    assert set(per_size.runner.extras) == {extra.name for extra in plain.card.extra_outputs} != set()
+    prep = plain.card.preprocessing
+    for count in (8, 3, 1, 5):  # shrinking and growing: padding rows must never leak into the maps
+        batch = random_batch(prep, count, seed=count)
+        expected = plain.explain(batch)
+        for model in (per_size, shared):
+            outputs = model.explain(batch)
+            assert outputs.keys() == expected.keys()
+            for name, value in expected.items():
+                assert outputs[name].shape == value.shape and np.abs(outputs[name] - value).max() == 0, (name, count)
+    for size, session in per_size.runner.sessions.items():  # explanations kept each session's one shape
+        assert per_size.runner.seen[id(session)] == {(size, *prep.input_shape(1)[1:])}
+
+
 def test_warm_up_runs_every_size_up_to_the_largest_batch(tiny_models_dir):
     model = _load(tiny_models_dir, "resnet20", sized_on_cpu=True)
     model.warm_up((1, 3), runs=1)
@@ -86,7 +102,19 @@ def test_batch_sizes_come_from_flags_and_environment(tmp_path):
     assert config.cuda_batch_sizes == (1, 16, 64, 128) and config.cuda_sessions == "per_size"
     config = parse(["--models", str(tmp_path), "--cuda-batch-sizes", "2,8", "--cuda-graphs"])
     assert config.cuda_batch_sizes == (2, 8) and config.cuda_graphs
-    assert ServeConfig(models=tmp_path).cuda_batch_sizes == (1, 8, 32, 128)
+    assert ServeConfig(models=tmp_path).cuda_batch_sizes == (1, 8, 16, 32, 64, 128)
+
+
+def test_the_batch_limit_defaults_to_the_largest_size_on_cuda_and_8_on_the_cpu(tmp_path):
+    config = ServeConfig(models=tmp_path, cuda_batch_sizes=(1, 8, 32))
+    assert config.max_batch_size is None and config.batch_limit("cuda") == 32 and config.batch_limit("cpu") == 8
+    given = parse(["--models", str(tmp_path), "--max-batch-size", "16"])
+    assert given.batch_limit("cuda") == given.batch_limit("cpu") == 16
+    # The queue likewise: 128 images on the CPU, eight of the largest batch on CUDA, unless given.
+    assert config.queue_size is None and config.queue_limit("cuda") == 8 * 32 and config.queue_limit("cpu") == 128
+    assert parse(["--models", str(tmp_path), "--queue-size", "64"]).queue_limit("cuda") == 64
+    with pytest.raises(ConfigError, match=r"max_images \(200\) must not exceed queue_size \(128\)"):
+        ServeConfig(models=tmp_path, max_images=200)
     # A CPU-only service never runs them, so a larger max_batch_size is not refused there.
     assert ServeConfig(models=tmp_path, providers=("cpu",), max_batch_size=256).max_batch_size == 256
 
