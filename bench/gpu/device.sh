@@ -45,6 +45,11 @@ PY
     python3 -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.__file__, o.get_available_providers())"
     cd "$SRC/repo" && PYTHONUNBUFFERED=1 timeout -k 10 "${CHECK_TIMEOUT:-300}" \
         python3 -m bench.gpu.check --out "$RUN_OUT" --models /tmp/gpu-models "${@:3}" 2>&1 | tee -a "$RUN_OUT/log.txt"
+    # STUDY: a shell command run next, in the same environment and under STUDY_TIMEOUT (default 200 s),
+    # e.g. STUDY='python3 -m bench.studies.replicas --models /tmp/gpu-models ... && cp ... /tmp/gpu-out/'
+    if [ -n "${STUDY:-}" ]; then
+        (cd "$SRC/repo" && PYTHONUNBUFFERED=1 timeout -k 10 "${STUDY_TIMEOUT:-200}" bash -c "$STUDY") 2>&1 | tee -a "$RUN_OUT/log.txt"
+    fi
     cp -r "$RUN_OUT"/. "$OUT"/
     ;;
 esac

@@ -26,6 +26,8 @@ def _settings_rows() -> dict[str, list[str]]:
 def _shown(value) -> str:
     if value in ("", ()):
         return "(empty)"
+    if value is None:  # chosen per model by the device it runs on; the meaning says how
+        return "(by device)"
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
