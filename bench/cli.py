@@ -204,8 +204,8 @@ def _service_runs(config: BenchConfig, models_dir: Path, cards: dict, files: dic
     runs = []
     try:
         for index, (model, kind, concurrency) in enumerate(levels, 1):
-            request = servers.load_request(kind, model, pixels[model][kind] if kind in pixels.get(model, {}) else files[kind],
-                                           cards[model]["input_name"], config.headers)
+            sent = pixels[model][kind] if kind in pixels.get(model, {}) else files[kind]
+            request = servers.load_request(kind, model, sent, cards[model]["input_name"], config.headers)
             result = servers.run_load(url, concurrency=concurrency, warmup_s=config.warmup_s,
                                       duration_s=config.duration_s, server_pid=pid, **request)
             runs.append(_level(result, model, cards[model], kind, (result.get("batch_sizes") or {}).get(model)))

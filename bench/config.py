@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 import cliconfig
-from bench.payloads import DESCRIPTIONS, KINDS
+from bench.payloads import DEFAULT_KINDS, DESCRIPTIONS, KINDS
 
 # RFC 9110 5.1 and 5.5: a header name is a token; a value holds no line break.
 _HEADER = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[ \t]*[^\r\n]*")
@@ -29,7 +29,7 @@ class BenchConfig:
     url: str | None = None  # a running service to measure; None: start resnet-serve on `models`
     out: Path = Path("results")  # results folder: results.json, results.png, table.md, models/, payloads/
     only: tuple[str, ...] = ()  # served model names to measure; (): every model in the folder
-    payloads: tuple[str, ...] = KINDS  # which request bodies (listed under payloads: below)
+    payloads: tuple[str, ...] = DEFAULT_KINDS  # which request bodies (listed under payloads: below)
     concurrency: tuple[int, ...] = (1, 4, 16, 64)  # closed-loop connections, one level after another
     warmup_s: float = 3.0  # seconds of load before each level's measured window
     duration_s: float = 10.0  # seconds of each level's measured window

@@ -31,6 +31,7 @@ from bench import photos
 JPEGS = ("photo", "12mp")  # payloads that are image files, posted as they are
 PIXELS_PER_REQUEST = {"pixels": 1, "pixels8": 8}  # payloads of preprocessed pixels: images in one request
 KINDS = (*JPEGS, *PIXELS_PER_REQUEST)  # every payload name, in the order the bench runs them
+DEFAULT_KINDS = ("photo", "12mp", "pixels")  # what resnet-bench measures unless told: one image a request
 PIXELS_FROM = "photo"  # the JPEGs that the pixels payload holds, preprocessed
 DESCRIPTIONS = {
     "photo": "500x375 JPEG q90, three real photos in turn",

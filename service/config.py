@@ -69,8 +69,8 @@ class ServeConfig:
         None, f"most images in one inference; default {CPU_MAX_BATCH} on the CPU, the largest --cuda-batch-sizes on CUDA"
     )
     max_delay_ms: float = _opt(2.0, "longest wait, in ms after the first queued image, for a batch to fill")
-    # A queue holds a few batches: 16 of the CPU's (about a second of resnet18 at 224 px on a few cores),
-    # 8 of the largest CUDA batch (well under a second on a GPU, and room for clients sending many images).
+    # A queue holds a few batches: 16 of the CPU's, 8 of the largest CUDA batch (about 50 ms of resnet18
+    # fp16 on an H200, docs/gpu.md, with room for clients that send many images in one request).
     queue_size: int | None = _opt(
         None,
         f"most images admitted per model (decoding, queued or running) before 503; default {CPU_QUEUE} on the "
@@ -112,7 +112,7 @@ class ServeConfig:
         "per_size", "per_size: one ONNX Runtime session per batch size (fixed shape); shared: one session for all sizes"
     )
     cuda_graphs: bool = _opt(False, "capture one CUDA graph per batch size and replay it (falls back with a warning)")
-    # Tensor cores read channels-last: resnet18 fp16 ran 1.53x faster host to host on an H200 (docs/gpu.md).
+    # Tensor cores read channels-last: on an H200 resnet18 ran 1.36-1.53x (fp16), 1.29x (fp32) faster (docs/gpu.md).
     cuda_prefer_nhwc: bool = _opt(True, "run convolutions channels-last on CUDA (ONNX Runtime's prefer_nhwc)")
     # For tests and measurements: the CUDA path's sized sessions and buffers on the CPU provider too.
     sized_on_cpu: bool = _opt(False, "run the CUDA path's sized sessions and buffers on the CPU provider as well")

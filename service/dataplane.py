@@ -309,7 +309,12 @@ class Service:
                 return
             memory = pipeline.model.device_memory_bytes  # GPU only: loading plus warm-up
             on_gpu = "" if memory is None else f", {memory / 2**20:.0f} MiB of GPU memory"
-            log.info("warmed up %s in %.2f s%s", name, seconds, on_gpu, extra={"model": name, "device_memory_bytes": memory})
+            log.info(
+                "warmed up %s in %.2f s%s; batches of up to %d, %d images queued at most", name, seconds, on_gpu,
+                pipeline.max_batch_size, pipeline.queue_size,
+                extra={"model": name, "device_memory_bytes": memory, "max_batch_size": pipeline.max_batch_size,
+                       "queue_size": pipeline.queue_size},
+            )  # fmt: skip
         self.warm = True
         log.info("ready: serving %s", ", ".join(self.pipelines), extra={"models": list(self.pipelines)})
 

@@ -20,7 +20,8 @@ The provider options follow ONNX Runtime's CUDA provider documentation for a ser
   - do_copy_in_default_stream 1: the documented safe default; ORT runs each session on a compute
     stream of its own, and copies in the default stream are ordered before it;
   - prefer_nhwc 1 (--no-cuda-prefer-nhwc turns it off): convolutions run channels-last, the layout
-    tensor cores read; raw resnet18 fp16 on an H200 ran 1.53x faster host to host (docs/gpu.md);
+    tensor cores read; raw resnet18 on an H200 ran 1.36-1.53x (fp16) and 1.29x (fp32) faster host to
+    host (docs/gpu.md);
   - enable_cuda_graph 1, only with --cuda-graphs: the session captures its run as a CUDA graph and
     replays it (ORT's CUDA provider documentation: fixed shapes, inputs and outputs bound on the
     device at fixed addresses, which the sized path's buffers are).
