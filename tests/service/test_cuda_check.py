@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from bench.gpu import diagnose
@@ -90,3 +91,25 @@ def test_a_spent_budget_starts_no_phase(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "export: not started, past --budget-s -1" in done.stderr and "raw" not in done.stderr
     assert set(json.loads((tmp_path / "gpu" / "results.json").read_text())) >= {"meta", "errors", "targets"}
+
+
+def test_the_explanations_report_compares_each_fp16_model_with_its_fp32_twin():
+    from bench.gpu import phases
+    from bench.gpu.report import explain_table
+
+    rng = np.random.default_rng(0)
+    maps = rng.random((4, 2, 3, 3))
+    full = {"cam": maps, "cam_classes": np.array([[1, 0], [0, 1], [2, 1], [1, 2]]), "embedding": rng.random((4, 5))}
+    half = {**full, "cam": maps.copy(), "cam_classes": full["cam_classes"].copy()}
+    half["cam"][0, 0] = half["cam"][0, 0][::-1, ::-1]  # image 0's top map peaks elsewhere
+    half["cam_classes"][1] = [3, 4]  # image 1: fp32's top class is not among fp16's maps
+    costs = {"1": {"classify_ms": 1.0, "explain_ms": 1.1}}
+    explain = {name: {"bound": True, "costs": costs, "probe": {k: v.tolist() for k, v in probe.items()}}
+               for name, probe in (("resnet18", full), ("resnet18-fp16", half))}
+    report = phases._explain_report(explain)
+    assert "against_fp32" not in report["resnet18"] and "probe" not in report["resnet18-fp16"]
+    twin = report["resnet18-fp16"]["against_fp32"]
+    assert twin["images"] == 4 and twin["maps_compared"] == 3 and twin["map_peak_agreement"] == round(2 / 3, 4)
+    assert twin["map_max_abs_diff_normalised"] > 0 and twin["embedding_cosine_min"] == 1.0
+    table = "\n".join(explain_table(report))
+    assert "| resnet18-fp16 | 1.00 / 1.10 | map peaks agree 67% of 3" in table
