@@ -41,7 +41,7 @@ def bench_run(tiny_models_dir, tmp_path_factory):
 def test_a_run_measures_every_level_of_the_service_and_the_baseline(bench_run):
     _, _, results = bench_run
     levels = [(r["model"], r["payload"], r["concurrency"]) for r in results["service"]]
-    assert levels == [("resnet18", p, c) for p in payloads.KINDS for c in (1, 3)]
+    assert levels == [("resnet18", p, c) for p in payloads.DEFAULT_KINDS for c in (1, 3)]
     # the baseline decodes image files itself: it has no pixel input
     assert [(r["payload"], r["concurrency"]) for r in results["baseline"]] == [(p, 2) for p in payloads.JPEGS]
     for r in results["service"] + results["baseline"]:
@@ -60,7 +60,7 @@ def test_raw_onnx_runtime_is_swept_from_batch_1_to_the_service_maximum(bench_run
     assert all(p["images_per_s"] > 0 and p["runs"] >= 3 for p in results["raw"])
     assert results["meta"]["serve_config"]["max_batch_size"] == str(MAX_BATCH)
     assert "git_commit" in results["meta"]  # the code that was measured (None outside a git checkout)
-    assert set(results["decode_ms"]["resnet18"]) == set(payloads.KINDS)
+    assert set(results["decode_ms"]["resnet18"]) == set(payloads.DEFAULT_KINDS)
 
 
 def test_table_json_and_png_are_written_and_progress_is_shown(bench_run):
