@@ -55,7 +55,7 @@ def measure(model: Path, images: int) -> tuple[dict, list]:
     prep = card.preprocessing
     render, side = prep.resize_size, prep.input_size
     offset = int(round((render - side) / 2.0))  # the centre crop of a render-sized image, as torchvision's
-    hits = centre = correct = hits_when_correct = near = 0
+    hits = centre = correct = hits_when_correct = near = seen = 0
     examples = []
     for index in range(images):
         pixels, label, box = synthetic.render_placed(SEED, "val", index, render)
@@ -71,6 +71,10 @@ def measure(model: Path, images: int) -> tuple[dict, list]:
         hits += hit
         cell_w, cell_h = side / w, side / h  # a miss by less than a cell: the map's resolution, not its aim
         near += inside((box[0] - cell_w, box[1] - cell_h, box[2] + cell_w, box[3] + cell_h), x, y)
+        # The peak a person sees: the map resized to the crop as cam_png's overlay resizes it (bilinear).
+        big = np.asarray(Image.fromarray(raw.astype(np.float32)).resize((side, side), Image.Resampling.BILINEAR))
+        row_px, col_px = np.unravel_index(int(big.argmax()), big.shape)
+        seen += inside(box, offset + col_px + 0.5, offset + row_px + 0.5)
         centre += inside(box, render / 2, render / 2)
         correct += predicted == label
         hits_when_correct += hit and predicted == label
@@ -82,6 +86,7 @@ def measure(model: Path, images: int) -> tuple[dict, list]:
         "peak_in_box": round(hits / images, 4),
         "peak_in_box_when_correct": round(hits_when_correct / max(correct, 1), 4),
         "peak_within_a_cell_of_box": round(near / images, 4),
+        "upsampled_peak_in_box": round(seen / images, 4),
         "centre_guess_in_box": round(centre / images, 4),
     }  # fmt: skip
     return result, examples
