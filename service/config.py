@@ -102,7 +102,7 @@ class ServeConfig:
     # One session per size on CUDA: ONNX Runtime's cuDNN-frontend Conv keeps the execution plan of the
     # last input shape only (microsoft/onnxruntime#23006), so a session that sees one shape never
     # rebuilds it. Below 8 a batch costs about the same at any size; above, the sizes double, so padding
-    # at most doubles a batch's work (docs/gpu.md: a batch of 64 took 7.0 ms padded to 128, 2.9 ms at 64).
+    # at most doubles a batch's work (docs/gpu.md: on an H200 a batch of 64 took 5.1 ms padded to 128, 3.3 at 64).
     cuda_batch_sizes: tuple[int, ...] = _opt(
         (1, 8, 16, 32, 64, 128),
         "batch sizes the CUDA path runs, increasing, the largest >= max_batch_size; a batch is zero-padded to the next",
