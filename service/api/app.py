@@ -151,7 +151,8 @@ async def list_models(request: Request) -> schemas.ModelList:
     rules = service.cascade.policy.abstain
     infos = [
         schemas.model_info(m.card, m.providers, name == default, abstain_threshold=_threshold(rules.get(name)),
-                           device_memory_bytes=m.device_memory_bytes, explains=m.explains)  # fmt: skip
+                           device_memory_bytes=m.device_memory_bytes, explains=m.explains,
+                           **_limits(service, name))  # fmt: skip
         for name, m in service.models.items()
     ]
     rungs = [schemas.Rung(r.name, r.depth, r.precision, r.threshold, r.gflops, r.batch_ms) for r in service.rungs()]
@@ -171,11 +172,18 @@ async def describe_model(request: Request, name: str) -> schemas.ModelDetail:
     model, rule = service.models[name], service.cascade.policy.abstain.get(name)
     default = name == service.ladder.default_model
     return schemas.model_info(model.card, model.providers, default, detail=True, abstain_threshold=_threshold(rule),
-                              device_memory_bytes=model.device_memory_bytes, explains=model.explains)  # fmt: skip
+                              device_memory_bytes=model.device_memory_bytes, explains=model.explains,
+                              **_limits(service, name))  # fmt: skip
 
 
 def _threshold(rule) -> float | None:
     return None if rule is None else rule.threshold
+
+
+def _limits(service, name: str) -> dict[str, int]:
+    """A model's batch limit and queue, as its pipeline resolved them for its device."""
+    pipeline = service.pipelines[name]
+    return {"max_batch_size": pipeline.max_batch_size, "queue_size": pipeline.queue_size}
 
 
 @get("/health/live", responses={503: ResponseSpec(schemas.Health, description="a batching loop died")})

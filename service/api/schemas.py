@@ -97,6 +97,8 @@ class ModelInfo(msgspec.Struct):
     abstain_threshold: float | None  # calibrated abstention threshold (max softmax); None: uncalibrated
     explains: list[str]  # what cam= and embedding= can ask of it: "cam", "embedding"; [] for older files
     device_memory_bytes: int | None  # GPU memory its sessions take (loading and warm-up); null on the CPU
+    max_batch_size: int  # most images in one inference (its device's default unless set)
+    queue_size: int  # most images admitted before 503 (likewise)
 
 
 class ModelDetail(ModelInfo):
@@ -157,7 +159,8 @@ def top_k(card: ModelCard, probabilities: np.ndarray, k: int) -> list[Prediction
 
 def model_info(
     card: ModelCard, providers, default: bool, detail: bool = False, abstain_threshold: float | None = None,
-    device_memory_bytes: int | None = None, explains: tuple[str, ...] = (),
+    device_memory_bytes: int | None = None, explains: tuple[str, ...] = (), max_batch_size: int = 0,
+    queue_size: int = 0,
 ) -> ModelInfo:
     """A model's public description; with detail, its class list too."""
     prep = card.preprocessing
@@ -167,7 +170,7 @@ def model_info(
         interpolation=prep.interpolation, precision=card.precision, providers=list(providers),
         source_sha256=card.source_sha256, val_top1=card.val_top1, val_top5=card.val_top5,
         exported_at=card.exported_at, default=default, abstain_threshold=abstain_threshold, explains=list(explains),
-        device_memory_bytes=device_memory_bytes,
+        device_memory_bytes=device_memory_bytes, max_batch_size=max_batch_size, queue_size=queue_size,
     )  # fmt: skip
     if not detail:
         return ModelInfo(**fields)

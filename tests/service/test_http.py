@@ -106,7 +106,7 @@ def test_models_are_described(server, references):
         assert list(info) == [
             "name", "arch", "depth", "num_classes", "input_size", "resize_size", "mean", "std", "interpolation",
             "precision", "providers", "source_sha256", "val_top1", "val_top5", "exported_at", "default", "abstain_threshold",
-            "explains", "device_memory_bytes",
+            "explains", "device_memory_bytes", "max_batch_size", "queue_size",
         ]  # fmt: skip
         assert (info["arch"], info["depth"], info["num_classes"]) == (card.arch, card.depth, card.num_classes)
         assert (info["input_size"], info["precision"], info["source_sha256"]) == (
@@ -114,6 +114,7 @@ def test_models_are_described(server, references):
         assert (info["val_top1"], info["val_top5"]) == (card.val_top1, card.val_top5)
         assert info["providers"] and info["default"] == (info["name"] == "resnet18")
         assert info["device_memory_bytes"] is None  # a GPU figure: null on the CPU provider
+        assert (info["max_batch_size"], info["queue_size"]) == (8, 128)  # the CPU's defaults
     detail = httpx.get(server.url + "/models/resnet18").json()
     card = references["resnet18"].card
     assert detail["classes"][0] == {"class_index": 0, "class_id": card.class_ids[0], "label": card.class_names[0]}
