@@ -20,6 +20,7 @@ from pathlib import Path
 
 from artifact import ModelCard, write_atomically
 from bench import oip, payloads, servers
+from service.engine.tensors import ORT_DTYPES
 
 
 def measure(models: Path, model: str, replicas: int, concurrency: int, payload: str, serve_args: list[str],
@@ -29,7 +30,7 @@ def measure(models: Path, model: str, replicas: int, concurrency: int, payload: 
 
     session = ort.InferenceSession(str(models / model / "model.onnx"), providers=["CPUExecutionProvider"])
     card = ModelCard.from_metadata(session.get_modelmeta().custom_metadata_map)
-    dtype = {"tensor(uint8)": "uint8", "tensor(float)": "float32"}[session.get_inputs()[0].type]
+    dtype = ORT_DTYPES[session.get_inputs()[0].type]
     jpegs = payloads.build(out / "payloads", (payloads.PIXELS_FROM,))[payloads.PIXELS_FROM]
     files = payloads.pixels(out / "payloads", jpegs, model, card.preprocessing, dtype, 50_000_000,
                             payloads.PIXELS_PER_REQUEST[payload])  # fmt: skip

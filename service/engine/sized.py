@@ -161,36 +161,31 @@ class SizedRunner:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """The output for `batch` ([N, ...] in any dtype, cast to the session's input type)."""
-        largest = self.sizes[-1]
-        if len(batch) > largest:  # not from the batcher (max_batch_size <= largest): in pieces
-            return np.concatenate([self.run(batch[i : i + largest]) for i in range(0, len(batch), largest)])
-        started = time.perf_counter()
-        rung = self.rungs[rung_for(len(batch), self.sizes)]
-        rung.fill(len(batch), lambda rows: np.copyto(rows, batch, casting="unsafe"))
-        return self._execute(rung, len(batch), started)
+        return self._batched(batch, extras=False)[self.output_name]
 
     def run_all(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Every bound output for `batch`, by name: the output_name's and each of `extras`."""
-        largest = self.sizes[-1]
-        if len(batch) > largest:
-            pieces = [self.run_all(batch[i : i + largest]) for i in range(0, len(batch), largest)]
-            return {name: np.concatenate([piece[name] for piece in pieces]) for name in pieces[0]}
-        started = time.perf_counter()
-        rung = self.rungs[rung_for(len(batch), self.sizes)]
-        rung.fill(len(batch), lambda rows: np.copyto(rows, batch, casting="unsafe"))
-        logits = self._execute(rung, len(batch), started, everything=True)
-        if logits is None:  # ran again without graphs: its buffers were made anew
-            return self.run_all(batch)
-        return {self.output_name: logits, **{name: value.numpy()[: len(batch)].copy() for name, value in rung.extras.items()}}
+        return self._batched(batch, extras=True)
 
     def run_arrays(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         """The output for a batch of single inputs, stacked straight into the size's buffer."""
         started = time.perf_counter()
         rung = self.rungs[rung_for(len(arrays), self.sizes)]
         rung.fill(len(arrays), lambda rows: np.stack(arrays, out=rows))
-        return self._execute(rung, len(arrays), started)
+        return self._execute(rung, len(arrays), started, extras=False)[self.output_name]
 
-    def _execute(self, rung: _Rung, count: int, started: float, everything: bool = False) -> np.ndarray | None:
+    def _batched(self, batch: np.ndarray, extras: bool) -> dict[str, np.ndarray]:
+        largest = self.sizes[-1]
+        if len(batch) > largest:  # not from the batcher (max_batch_size <= largest): in pieces
+            pieces = [self._batched(batch[i : i + largest], extras) for i in range(0, len(batch), largest)]
+            return {name: np.concatenate([piece[name] for piece in pieces]) for name in pieces[0]}
+        started = time.perf_counter()
+        rung = self.rungs[rung_for(len(batch), self.sizes)]
+        rung.fill(len(batch), lambda rows: np.copyto(rows, batch, casting="unsafe"))
+        return self._execute(rung, len(batch), started, extras)
+
+    def _execute(self, rung: _Rung, count: int, started: float, extras: bool) -> dict[str, np.ndarray]:
+        """The size's run; its logits by output_name, and with `extras` every extra output, each [:count]."""
         if rung.device_in is not None:
             rung.device_in.update_inplace(rung.host_in)
         copied = time.perf_counter()
@@ -200,15 +195,17 @@ class SizedRunner:
             if not (self.graphs and self._runs[rung.size] < CAPTURE_RUNS and self.rebuild is not None):
                 raise
             self._without_graphs(error)
-            return None if everything else self.run(rung.host_in[:count].copy())
+            return self._batched(rung.host_in[:count].copy(), extras)
         self._runs[rung.size] += 1
         self.seen.setdefault(id(rung.session), set()).add(tuple(rung.bound_in.shape()))
         ran = time.perf_counter()
         if rung.device_out is not None:
             _copy_out(rung)
-        result = rung.host_out[:count].copy()  # the buffer is reused by the next batch of this size
+        outputs = {self.output_name: rung.host_out[:count].copy()}  # the buffer is reused by the next batch
+        if extras:
+            outputs.update({name: value.numpy()[:count].copy() for name, value in rung.extras.items()})
         self.timings = Timings(copied - started, ran - copied, time.perf_counter() - ran)
-        return result
+        return outputs
 
     def _without_graphs(self, error: Exception) -> None:
         log.warning(
